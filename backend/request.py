@@ -40,7 +40,11 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, integer: bool
 
 @dataclass(frozen=True)
 class LoraParams:
-    """Identity-preserving fine-tuning (paper §3.2, §4.1). ``steps=0`` skips it."""
+    """Identity-preserving fine-tuning (paper §3.2, §4.1). ``steps=0`` skips it.
+
+    ``seed`` drives everything random in an edit (adapter initialisation, crops, noise): the rest
+    of DragDiffusion on a real image is deterministic.
+    """
 
     steps: int = 80
     rank: int = 16
@@ -73,7 +77,6 @@ class DragParams:
     r2: int = 3
     stop_distance: float = 2.0
     """A handle this close to its target (in feature pixels) has arrived."""
-    guidance_scale: float = 1.0
     working_width: int = 512
     feature_block: int = 2
     """Index into ``unet.up_blocks`` whose output is the feature map F."""
@@ -83,7 +86,6 @@ class DragParams:
     """Paste the user's original pixels outside the mask instead of their VAE round trip."""
     preview_every: int = 0
     """Decode a preview of the predicted clean image every N iterations (0: never)."""
-    seed: int = 0
 
     def validate(self) -> None:
         _check_range("DDIM steps", self.inference_steps, 2, 1000, integer=True)
@@ -98,14 +100,12 @@ class DragParams:
         _check_range("r1 (motion supervision radius)", self.r1, 0, 32, integer=True)
         _check_range("r2 (tracking radius)", self.r2, 0, 64, integer=True)
         _check_range("stop distance", self.stop_distance, 0.0, 1e4)
-        _check_range("guidance scale", self.guidance_scale, 1.0, 50.0)
         _check_range("working width", self.working_width, 64, 2048, integer=True)
         _check(self.working_width % 8 == 0, "working width must be a multiple of 8")
         _check_range("feature block", self.feature_block, 0, 16, integer=True)
         for block in self.ref_control_blocks:
             _check_range("reference-control block", block, 0, 16, integer=True)
         _check_range("preview interval", self.preview_every, 0, 10_000, integer=True)
-        _check_range("seed", self.seed, 0, 2**63 - 1, integer=True)
 
     @property
     def inversion_steps(self) -> int:

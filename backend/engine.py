@@ -1,0 +1,575 @@
+"""The engine: one loaded pipeline, one edit at a time, cooperative cancellation.
+
+``Engine.edit`` runs DragDiffusion on a :class:`~backend.request.DragRequest`: identity-preserving
+LoRA (reused when the same image, model, prompt and parameters come again), DDIM inversion,
+latent optimisation with motion supervision and point tracking, and denoising with
+reference-latent-control. It reports typed events and returns the edited image and a trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend import imaging
+from backend.attention import reference_control
+from backend.ddim import Schedule
+from backend.drag import DragStepInfo, optimize_latent
+from backend.errors import Cancelled, DragStudioError
+from backend.events import (
+    Event,
+    Failed,
+    Finished,
+    Stage,
+    StageFinished,
+    StageStarted,
+    StepProgress,
+)
+from backend.features import unet_with_features
+from backend.lora import (
+    adapter_state,
+    has_adapter,
+    load_adapter_state,
+    lora_key,
+    remove_adapter,
+    train_lora,
+)
+from backend.lora_cache import LoraCache
+from backend.models import (
+    ModelSource,
+    default_dtype,
+    load_pipeline,
+    pick_device,
+    resolve_source,
+)
+from backend.request import DragRequest, LoraParams, params_to_dict
+
+EventSink = Callable[[Event], None]
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it at every step of every loop."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass
+class EditResult:
+    image: np.ndarray
+    """The edited image at the user's resolution."""
+    trace: dict[str, Any]
+    working_image: np.ndarray | None = field(default=None, repr=False)
+    """The decoded result at working resolution, before resizing and compositing."""
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """The adapter currently in the UNet, for saving into projects."""
+
+    key: str
+    params: LoraParams
+    state: dict[str, torch.Tensor]
+
+
+def _peak_memory(device: torch.device) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if device.type == "cuda":
+        out["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["process_peak_rss_gb"] = rss / (2**30 if sys.platform == "darwin" else 2**20)
+    return out
+
+
+class Engine:
+    """Owns the model. Not thread-safe: call it from one (engine) thread."""
+
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        dtype: torch.dtype | None = None,
+        lora_cache: LoraCache | None = None,
+        allow_download: bool = True,
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.lora_cache = lora_cache
+        self.allow_download = allow_download
+        self.pipe: Any = None
+        self.source: ModelSource | None = None
+        self.model_spec: str | None = None
+        self._lora: LoraInfo | None = None
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self._latent_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+
+    # -- model -------------------------------------------------------------------------------
+
+    def load_model(self, spec: str) -> float:
+        """Load ``spec`` unless it is already loaded; return the seconds it took.
+
+        The old model is freed before the new one loads, so two never share the GPU; if the new
+        one fails, the old one is loaded again and the error is raised.
+        """
+        if self.pipe is not None and spec == self.model_spec:
+            return 0.0
+        resolve_source(spec)  # refuse bad paths and unsafe files before dropping anything
+        start = time.perf_counter()
+        previous = self.model_spec
+        self._drop_model()
+        try:
+            pipe, source = load_pipeline(
+                spec, self.device, self.dtype, allow_download=self.allow_download
+            )
+        except BaseException:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    self.pipe, self.source = load_pipeline(
+                        previous, self.device, self.dtype, allow_download=False
+                    )
+                    self.model_spec = previous
+            raise
+        self.pipe, self.source, self.model_spec = pipe, source, spec
+        return time.perf_counter() - start
+
+    def _drop_model(self) -> None:
+        import gc
+
+        self.pipe = None
+        self.source = None
+        self.model_spec = None
+        self._lora = None
+        self._text_cache.clear()
+        self._latent_cache = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def release_memory(self) -> None:
+        """Give cached device memory back, e.g. after an out-of-memory error."""
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- LoRA --------------------------------------------------------------------------------
+
+    @property
+    def current_lora(self) -> LoraInfo | None:
+        return self._lora
+
+    def install_lora(self, key: str, params: LoraParams, state: dict[str, torch.Tensor]) -> None:
+        """Put a previously trained adapter (e.g. from a project file) into the loaded UNet."""
+        self._require_model()
+        load_adapter_state(self.pipe.unet, params, state)
+        self._lora = LoraInfo(key, params, state)
+
+    def forget_lora(self) -> None:
+        """Drop the adapter in memory so the next edit trains (or loads) a fresh one."""
+        if self.pipe is not None:
+            remove_adapter(self.pipe.unet)
+        self._lora = None
+
+    def lora_key_for(self, request: DragRequest) -> str:
+        self._require_model()
+        assert self.source is not None
+        return lora_key(request.image, self.source.identity, request.prompt, request.lora)
+
+    # -- editing -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        request: DragRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> EditResult | None:
+        """Like :meth:`edit`, but reports failures as a :class:`Failed` event instead of raising."""
+        emit = on_event or (lambda _e: None)
+        try:
+            return self.edit(request, emit, cancel)
+        except Cancelled:
+            emit(Failed("cancelled", cancelled=True))
+        except DragStudioError as exc:
+            emit(Failed(str(exc), traceback.format_exc()))
+        except torch.OutOfMemoryError:
+            self.release_memory()
+            emit(
+                Failed(
+                    "out of GPU memory: try fewer LoRA steps, a smaller working width, "
+                    "closing other GPU programs, or the CPU",
+                    traceback.format_exc(),
+                )
+            )
+        except Exception as exc:
+            self.release_memory()
+            emit(Failed(f"the edit failed: {type(exc).__name__}: {exc}", traceback.format_exc()))
+        return None
+
+    def edit(
+        self,
+        request: DragRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> EditResult:
+        """Run one drag edit. Raises :class:`Cancelled` or :class:`DragStudioError` on failure."""
+        request.validate()
+        emit = on_event or (lambda _e: None)
+        token = cancel or CancelToken()
+        stages: dict[str, float] = {}
+        t_total = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        with self._stage(Stage.LOAD, 1, emit, stages):
+            token.check()
+            self.load_model(request.model)
+            token.check()
+        pipe = self.pipe
+        unet, vae = pipe.unet, pipe.vae
+        params = request.params
+        schedule = Schedule.from_scheduler(pipe.scheduler, params.inference_steps)
+        image_size = request.image_size
+        work_w, work_h = imaging.working_size(*image_size, params.working_width)
+        latent_hw = (work_h // 8, work_w // 8)
+        feature_hw = (work_h // 2, work_w // 2)
+        text = self._text_embeddings(request.prompt)
+
+        # 1. Identity-preserving LoRA.
+        lora_detail = self._prepare_lora(request, text, schedule, emit, token, stages)
+
+        # 2. DDIM inversion to z_t.
+        inv_steps = params.inversion_steps
+        start = schedule.start_index(inv_steps)
+        t = schedule.timesteps[start]
+        with self._stage(Stage.INVERSION, inv_steps, emit, stages):
+            z0 = self._encode(request.image, (work_w, work_h))
+            zt = self._invert(z0, text, schedule, inv_steps, emit, token)
+
+        # 3. Latent optimisation.
+        pairs = request.pairs
+        handles_img = np.array([p.handle for p in pairs], dtype=np.float64)
+        targets_img = np.array([p.target for p in pairs], dtype=np.float64)
+        handles_f = np.round(imaging.image_to_feature(handles_img, image_size, feature_hw))
+        targets_f = np.round(imaging.image_to_feature(targets_img, image_size, feature_hw))
+        mask = request.editable_mask
+        keep = None
+        if mask is not None:
+            keep = (1.0 - imaging.mask_to_latent(mask, latent_hw)).to(self.device)
+        iterations: list[dict[str, Any]] = []
+
+        def to_image(h: torch.Tensor) -> list[list[float]]:
+            pts = imaging.feature_to_image(h.cpu().double().numpy(), image_size, feature_hw)
+            return [[round(float(x), 2), round(float(y), 2)] for x, y in pts]
+
+        def forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return unet_with_features(
+                unet, z.to(unet.dtype), t, text, params.feature_block, feature_hw
+            )
+
+        def on_drag_step(info: DragStepInfo) -> None:
+            handles = to_image(info.handles)
+            iterations.append({"step": info.step, "handles": handles, "loss": info.loss})
+            preview = None
+            if params.preview_every and info.step % params.preview_every == 0:
+                preview = self._preview(info.model_output, info.latent, t, schedule)
+            emit(
+                StepProgress(
+                    Stage.DRAG,
+                    info.step,
+                    params.drag_steps,
+                    loss=info.loss,
+                    handles=tuple((h[0], h[1]) for h in handles),
+                    preview=preview,
+                )
+            )
+
+        with self._stage(Stage.DRAG, params.drag_steps, emit, stages):
+            scaler = torch.amp.GradScaler("cuda") if self._amp else None
+            outcome = optimize_latent(
+                zt,
+                forward,
+                lambda out, z: schedule.step(out, t, z),
+                torch.from_numpy(handles_f).float().to(self.device),
+                torch.from_numpy(targets_f).float().to(self.device),
+                keep_mask=keep,
+                steps=params.drag_steps,
+                lr=params.latent_lr,
+                lam=params.lam,
+                r1=params.r1,
+                r2=params.r2,
+                stop=params.stop_distance,
+                on_step=on_drag_step,
+                check_cancel=token.check,
+                autocast=self._autocast,
+                scaler=scaler,
+            )
+
+        # 4. Denoising with reference-latent-control.
+        denoise_steps = len(schedule.timesteps) - start
+        with self._stage(Stage.DENOISE, denoise_steps, emit, stages):
+            latents = self._denoise(
+                zt, outcome.latent, text, schedule, start, params.ref_control_blocks, emit, token
+            )
+            working = self._decode(latents[1:2])
+            token.check()
+
+        result = imaging.restore_resolution(working, image_size)
+        if params.keep_unmasked_pixels and mask is not None:
+            result = imaging.keep_original_outside(request.image, result, mask)
+        stages["total"] = time.perf_counter() - t_total
+        final = to_image(outcome.handles)
+        trace: dict[str, Any] = {
+            "stages": {k: round(v, 4) for k, v in stages.items()},
+            "lora": lora_detail,
+            "iterations": iterations,
+            "drag_iterations": outcome.iterations,
+            "reached": outcome.reached,
+            "final_handles": final,
+            "handles": handles_img.tolist(),
+            "targets": targets_img.tolist(),
+            "final_distances": [
+                round(float(np.hypot(*(np.array(f) - g))), 3)
+                for f, g in zip(final, targets_img, strict=True)
+            ],
+            "image_size": list(image_size),
+            "working_size": [work_w, work_h],
+            "feature_size": [feature_hw[1], feature_hw[0]],
+            "optimized_timestep": t,
+            "device": str(self.device),
+            "dtype": str(unet.dtype).replace("torch.", ""),
+            "model": request.model,
+            "prompt": request.prompt,
+            "params": params_to_dict(params),
+            "lora_params": params_to_dict(request.lora),
+            "memory": _peak_memory(self.device),
+        }
+        emit(Finished(result, trace))
+        return EditResult(result, trace, working)
+
+    # -- stages ------------------------------------------------------------------------------
+
+    @property
+    def _amp(self) -> bool:
+        return self.device.type == "cuda" and self.dtype == torch.float16
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def _stage(
+        self, stage: Stage, total: int, emit: EventSink, stages: dict[str, float], detail: str = ""
+    ) -> Iterator[None]:
+        emit(StageStarted(stage, total, detail))
+        start = time.perf_counter()
+        yield
+        self._sync()
+        stages[stage.value] = time.perf_counter() - start
+        emit(StageFinished(stage, stages[stage.value]))
+
+    def _require_model(self) -> None:
+        if self.pipe is None:
+            raise DragStudioError("no model is loaded")
+
+    def _text_embeddings(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._text_cache:
+            tok = self.pipe.tokenizer
+            ids = tok(
+                prompt,
+                padding="max_length",
+                max_length=tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            with torch.no_grad():
+                emb = self.pipe.text_encoder(ids)[0]
+            if len(self._text_cache) > 8:
+                self._text_cache.clear()
+            self._text_cache[prompt] = emb.to(self.pipe.unet.dtype)
+        return self._text_cache[prompt]
+
+    def _prepare_lora(
+        self,
+        request: DragRequest,
+        text: torch.Tensor,
+        schedule: Schedule,
+        emit: EventSink,
+        token: CancelToken,
+        stages: dict[str, float],
+    ) -> dict[str, Any]:
+        unet = self.pipe.unet
+        params = request.lora
+        if params.steps == 0:
+            with self._stage(Stage.LORA, 0, emit, stages, "skipped (0 steps)"):
+                self.forget_lora()
+            return {"steps": 0, "cached": False, "source": "none"}
+        key = self.lora_key_for(request)
+        if self._lora is not None and self._lora.key == key and has_adapter(unet):
+            with self._stage(Stage.LORA, 0, emit, stages, "reusing the LoRA in memory"):
+                unet.enable_adapters()
+            return {"steps": params.steps, "cached": True, "source": "memory", "key": key}
+        if self.lora_cache is not None:
+            entry = self.lora_cache.get(key)
+            if entry is not None:
+                with self._stage(Stage.LORA, 0, emit, stages, "reusing the cached LoRA"):
+                    state, cached_params = entry
+                    try:
+                        self.install_lora(key, cached_params, state)
+                    except DragStudioError:
+                        self.lora_cache.drop(key)
+                        entry = None
+                if entry is not None:
+                    return {"steps": params.steps, "cached": True, "source": "disk", "key": key}
+        self._lora = None
+        with self._stage(Stage.LORA, params.steps, emit, stages, "fine-tuning LoRA"):
+
+            def on_step(step: int, loss: float) -> None:
+                emit(StepProgress(Stage.LORA, step, params.steps, loss=loss))
+
+            try:
+                state = train_lora(
+                    unet,
+                    self.pipe.vae,
+                    text,
+                    request.image,
+                    schedule,
+                    params,
+                    device=self.device,
+                    on_step=on_step,
+                    check_cancel=token.check,
+                )
+            except BaseException:
+                # A half-trained adapter must never be mistaken for a finished one.
+                remove_adapter(unet)
+                raise
+            self._lora = LoraInfo(key, params, state)
+            if self.lora_cache is not None:
+                self.lora_cache.put(key, state, params)
+        return {"steps": params.steps, "cached": False, "source": "trained", "key": key}
+
+    @torch.no_grad()
+    def _encode(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """VAE posterior mean of the working image, scaled; computed once per image and size."""
+        key = (self.model_spec, size, image.shape, hash(image.tobytes()))
+        if self._latent_cache is not None and self._latent_cache[0] == key:
+            return self._latent_cache[1]
+        vae = self.pipe.vae
+        x = imaging.to_model_input(image, size).to(self.device, vae.dtype)
+        z = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
+        self._latent_cache = (key, z)
+        return z
+
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        vae = self.pipe.vae
+        images = vae.decode(
+            (latents / float(vae.config.scaling_factor)).to(vae.dtype), return_dict=False
+        )[0]
+        return imaging.to_uint8(images)
+
+    def _preview(
+        self, model_output: torch.Tensor, z: torch.Tensor, t: int, schedule: Schedule
+    ) -> np.ndarray:
+        with torch.no_grad():
+            _, x0 = schedule.split(model_output.float(), z.float(), t)
+            return self._decode(x0)
+
+    @torch.no_grad()
+    def _invert(
+        self,
+        z0: torch.Tensor,
+        text: torch.Tensor,
+        schedule: Schedule,
+        steps: int,
+        emit: EventSink,
+        token: CancelToken,
+    ) -> torch.Tensor:
+        unet = self.pipe.unet
+        z = z0.float()
+        for i, t in enumerate(reversed(schedule.timesteps[-steps:] if steps else ())):
+            token.check()
+            with self._autocast():
+                out = unet(z.to(unet.dtype), t, encoder_hidden_states=text, return_dict=False)[0]
+            z = schedule.inverse_step(out.float(), t, z)
+            emit(StepProgress(Stage.INVERSION, i + 1, steps))
+        return z
+
+    @torch.no_grad()
+    def _denoise(
+        self,
+        reference: torch.Tensor,
+        edited: torch.Tensor,
+        text: torch.Tensor,
+        schedule: Schedule,
+        start: int,
+        blocks: tuple[int, ...],
+        emit: EventSink,
+        token: CancelToken,
+    ) -> torch.Tensor:
+        """Denoise ``[reference, edited]`` together; the edited row attends to the reference."""
+        unet = self.pipe.unet
+        z = torch.cat([reference.float(), edited.float()])
+        emb = text.expand(2, -1, -1)
+        timesteps = schedule.timesteps[start:]
+        control = reference_control(unet, blocks) if blocks else contextlib.nullcontext()
+        with control:
+            for i, t in enumerate(timesteps):
+                token.check()
+                with self._autocast():
+                    out = unet(z.to(unet.dtype), t, encoder_hidden_states=emb, return_dict=False)[0]
+                z = schedule.step(out.float(), t, z)
+                emit(StepProgress(Stage.DENOISE, i + 1, len(timesteps)))
+        return z
+
+
+def save_image(image: np.ndarray, path: Path) -> None:
+    """Write an image atomically (temporary file in the same folder, then rename)."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    path = Path(path)
+    suffix = path.suffix.lower() or ".png"
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(suffix)
+    if fmt is None:
+        raise DragStudioError(f"cannot write {path.name}: use .png, .jpg or .webp")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image).save(f, format=fmt)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,116 @@
+"""On-disk LoRA cache: re-dragging the same image never pays for fine-tuning twice.
+
+Entries are safetensors files named by the LoRA key (a hash of the image pixels, the model, the
+prompt and the LoRA parameters), written atomically so a crash or cancel never leaves a half
+entry. The total size is bounded; the least recently used entries go first. A corrupt entry is
+dropped and the LoRA retrained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from backend.errors import DragStudioError
+from backend.lora import read_lora, save_lora
+from backend.request import LoraParams
+
+DEFAULT_LIMIT_BYTES = 4 * 2**30
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("DragStudio", appauthor=False)) / "lora"
+
+
+class LoraCache:
+    def __init__(self, directory: Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES):
+        self.directory = Path(directory) if directory else default_cache_dir()
+        self.limit_bytes = limit_bytes
+
+    def _path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError("not a LoRA cache key")
+        return self.directory / f"{key}.safetensors"
+
+    def get(self, key: str) -> tuple[dict[str, torch.Tensor], LoraParams] | None:
+        """The cached adapter for ``key``, or None (a corrupt entry is deleted)."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            state, params, stored_key = read_lora(path)
+            if stored_key != key:
+                raise DragStudioError("key mismatch")
+        except DragStudioError:
+            self.drop(key)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # mark as recently used
+        return state, params
+
+    def put(self, key: str, state: dict[str, torch.Tensor], params: LoraParams) -> None:
+        """Store an adapter atomically, then evict old entries beyond the size limit."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
+        os.close(fd)
+        try:
+            save_lora(Path(tmp), state, params, key)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.evict(keep=key)
+
+    def drop(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """``(path, size, last used)`` of every entry, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        out = []
+        for p in self.directory.glob("*.safetensors"):
+            if _KEY.match(p.stem):
+                with contextlib.suppress(OSError):
+                    st = p.stat()
+                    out.append((p, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: e[2])
+
+    def size_bytes(self) -> int:
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self, keep: str | None = None) -> None:
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        for path, size, _ in entries:
+            if total <= self.limit_bytes:
+                break
+            if keep and path.stem == keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+
+    def clear(self) -> None:
+        for path, _, _ in self.entries():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        # Temporary files of writers that crashed long ago.
+        if self.directory.is_dir():
+            for tmp in self.directory.glob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    if time.time() - tmp.stat().st_mtime > 3600:
+                        tmp.unlink()
