@@ -200,9 +200,9 @@ def _disc_segment(
     y1 = min(math.ceil(max(p0[1], p1[1]) + r) + 1, h)
     if x0 >= x1 or y0 >= y1:
         return None
-    # Pixel (i, j) covers [i, i+1)×[j, j+1); its centre is (i + 0.5, j + 0.5).
-    xs = np.arange(x0, x1, dtype=np.float32) + 0.5
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
+    # Coordinates name pixel centres: pixel (i, j) is the point (i, j), as in DragBench.
+    xs = np.arange(x0, x1, dtype=np.float32)
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     dx, dy = p1[0] - p0[0], p1[1] - p0[1]
     length2 = dx * dx + dy * dy
     if length2 > 0:
@@ -423,6 +423,18 @@ class Document:
             )
         current[...] = mask.astype(bool, copy=False)
         self._notify(Notice(Change.MASK))
+
+    def fill_edit(self, value: bool) -> MaskEdit | None:
+        """The edit that sets the whole mask to ``value``, spanning only the pixels it changes."""
+        mask = self._require_mask()
+        changed = mask != bool(value)
+        rows = np.flatnonzero(changed.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(changed.any(axis=0))
+        x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        before = mask[y0:y1, x0:x1].copy()
+        return MaskEdit((x0, y0, x1, y1), before, np.full_like(before, bool(value)))
 
     def fill_mask(self, value: bool) -> None:
         self._require_mask()[...] = bool(value)

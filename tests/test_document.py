@@ -104,12 +104,13 @@ def test_stroke_paints_a_round_dab_of_the_given_radius(doc: Document) -> None:
     edit = stroke.finish()
     assert doc.mask is not None
     ys, xs = np.nonzero(doc.mask)
-    d2 = (xs + 0.5 - 40) ** 2 + (ys + 0.5 - 30) ** 2
+    d2 = (xs - 40) ** 2 + (ys - 30) ** 2
     assert d2.max() <= 25
     assert 70 < doc.mask.sum() < 90  # about π·5²
     assert edit is not None
     x0, y0, x1, y1 = edit.rect
-    assert (x0, y0) == (35, 25) and x1 <= 46 and y1 <= 36
+    assert (x0, y0) == (35, 25) and (x1, y1) == (46, 36)
+    assert doc.mask[30, 35] and doc.mask[30, 45] and not doc.mask[30, 46]
 
 
 def test_stroke_is_one_edit_storing_its_bounding_box_only(doc: Document) -> None:
@@ -127,7 +128,7 @@ def test_stroke_is_one_edit_storing_its_bounding_box_only(doc: Document) -> None
     assert edit.before.shape == (y1 - y0, x1 - x0)
     assert edit.nbytes < before.nbytes / 4
     after = doc.mask.copy()  # type: ignore[union-attr]
-    assert after[20, 10:38].all() and not after[20, 41]
+    assert after[20, 8:40].all() and not after[20, 40]
     doc.apply_mask_edit(edit, undo=True)
     assert np.array_equal(doc.mask, before)
     doc.apply_mask_edit(edit)
@@ -156,6 +157,18 @@ def test_stroke_that_changes_nothing_is_no_edit(doc: Document) -> None:
     outside = doc.begin_stroke(True, 3)
     outside.add((-50.0, -50.0))
     assert outside.finish() is None
+
+
+def test_fill_edit_spans_only_changed_pixels(doc: Document) -> None:
+    assert doc.mask is not None
+    doc.mask[10:20, 30:35] = True
+    edit = doc.fill_edit(False)
+    assert edit is not None and edit.rect == (30, 10, 35, 20)
+    doc.apply_mask_edit(edit)
+    assert not doc.mask.any()
+    assert doc.fill_edit(False) is None
+    doc.apply_mask_edit(edit, undo=True)
+    assert doc.mask.sum() == 50
 
 
 def test_fill_invert_set_mask(doc: Document) -> None:

@@ -1,0 +1,63 @@
+"""Start DragStudio: parse the command line, build the window, run Qt under asyncio (qasync).
+
+Only Qt and the Qt-free document are imported here; the engine (torch, diffusers) is loaded
+later, when the first edit runs, so the window appears at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from backend import __version__
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="dragstudio", description="Point-based (drag) photo editing."
+    )
+    parser.add_argument("image", nargs="?", help="a photo to open")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    # Qt's own options (-platform, -style, ...) pass through to QApplication.
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.version:
+        print(f"DragStudio {__version__}")
+        return 0
+
+    import qasync
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from dragstudio.main_window import MainWindow
+    from dragstudio.resources import app_icon, apply_theme
+
+    QApplication.setOrganizationName("DragStudio")
+    QApplication.setApplicationName("DragStudio")
+    QApplication.setApplicationVersion(__version__)
+    QApplication.setDesktopFileName("dragstudio")
+    app = QApplication.instance() or QApplication([sys.argv[0], *argv])
+    assert isinstance(app, QApplication)
+    apply_theme(app)
+    app.setWindowIcon(app_icon())
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    closed = asyncio.Event()
+    app.aboutToQuit.connect(closed.set)
+
+    window = MainWindow()
+    window.show()
+    if args.image:
+        path = args.image
+        QTimer.singleShot(0, lambda: window.open_path(path))
+    with loop:
+        loop.run_until_complete(closed.wait())
+    return 0

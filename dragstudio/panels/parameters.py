@@ -1,0 +1,201 @@
+"""Prompt and engine parameters, bound to the document through undoable commands.
+
+Widgets never hold state of their own: edits push commands, and the panel redraws itself from
+the document whenever it changes, so undo, reset and (later) opening a project all show up here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from PySide6.QtGui import QUndoStack
+from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backend.document import Change, Document, Notice
+from backend.request import DragParams, LoraParams
+from dragstudio.commands import SetParams, SetPrompt
+from dragstudio.panels.fold import Fold
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One knob: where it lives (``lora`` or ``params``), its range and its help text."""
+
+    key: str
+    label: str
+    group: str
+    field: str
+    lo: float
+    hi: float
+    step: float
+    decimals: int
+    tooltip: str
+
+
+SPECS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "lora_steps", "LoRA steps", "lora", "steps", 0, 2000, 10, 0,
+        "Fine-tuning steps that teach the model this photo first, so the edit keeps its "
+        "identity; 0 skips it (faster, less faithful).",
+    ),
+    ParamSpec(
+        "inversion_strength", "Inversion strength", "params", "inversion_strength",
+        0.02, 1.0, 0.05, 2,
+        "How far into the noise schedule the photo is inverted before dragging: higher gives "
+        "more freedom to move things, lower keeps more detail.",
+    ),
+    ParamSpec(
+        "drag_steps", "Drag steps", "params", "drag_steps", 0, 1000, 10, 0,
+        "The most optimisation steps spent moving the handles towards their targets.",
+    ),
+    ParamSpec(
+        "latent_lr", "Latent learning rate", "params", "latent_lr", 0.0001, 1.0, 0.001, 4,
+        "Step size of each optimisation step on the latent: larger moves faster but can "
+        "tear the picture.",
+    ),
+    ParamSpec(
+        "lam", "λ (mask weight)", "params", "lam", 0.0, 10.0, 0.05, 2,
+        "How strongly everything outside the painted mask is held in place.",
+    ),
+    ParamSpec(
+        "r1", "r1 (motion radius)", "params", "r1", 0, 32, 1, 0,
+        "Radius, in feature-map pixels, of the patch around each handle that is pushed "
+        "towards its target.",
+    ),
+    ParamSpec(
+        "r2", "r2 (tracking radius)", "params", "r2", 0, 64, 1, 0,
+        "Radius of the window searched to find where each handle went after every step.",
+    ),
+    ParamSpec(
+        "seed", "Seed", "lora", "seed", 0, 2**31 - 1, 1, 0,
+        "Drives everything random in an edit: the same seed and settings give the same result.",
+    ),
+)  # fmt: skip
+
+
+def spec_value(doc: Document, spec: ParamSpec) -> float:
+    source = doc.lora if spec.group == "lora" else doc.params
+    return getattr(source, spec.field)
+
+
+def with_value(doc: Document, spec: ParamSpec, value: float) -> tuple[DragParams, LoraParams]:
+    """The document's parameters with one knob changed."""
+    v: float | int = round(value) if spec.decimals == 0 else float(value)
+    params, lora = doc.params, doc.lora
+    if spec.group == "params":
+        params = replace(params, **{spec.field: v})
+    else:
+        lora = replace(lora, **{spec.field: v})
+    return params, lora
+
+
+class ParametersPanel(QWidget):
+    def __init__(self, document: Document, undo_stack: QUndoStack) -> None:
+        super().__init__()
+        self.setObjectName("parametersPanel")
+        self._doc = document
+        self._stack = undo_stack
+        self._syncing = False
+
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("Describe the photo (optional)")
+        self.prompt.setToolTip(
+            "A few words about the photo. It guides fine-tuning and denoising; "
+            "it does not describe the change (the points do)."
+        )
+        self.prompt.setClearButtonEnabled(True)
+        self.prompt.textEdited.connect(self._prompt_edited)
+
+        form_host = QWidget()
+        form = QFormLayout(form_host)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.spins: dict[str, QSpinBox | QDoubleSpinBox] = {}
+        for spec in SPECS:
+            spin = self._make_spin(spec)
+            label = QLabel(spec.label)
+            label.setToolTip(spec.tooltip)
+            label.setBuddy(spin)
+            form.addRow(label, spin)
+            self.spins[spec.key] = spin
+        self.reset_button = QPushButton("Reset to defaults")
+        self.reset_button.setToolTip("Put every parameter back to the paper's defaults.")
+        self.reset_button.clicked.connect(self.reset_to_defaults)
+        form.addRow(self.reset_button)
+        self.advanced = Fold("Advanced", form_host)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Prompt"))
+        layout.addWidget(self.prompt)
+        layout.addSpacing(6)
+        layout.addWidget(self.advanced)
+
+        self._unsubscribe = document.subscribe(self._on_document)
+        self.destroyed.connect(lambda *_: self._unsubscribe())
+        self._sync()
+
+    def _make_spin(self, spec: ParamSpec) -> QSpinBox | QDoubleSpinBox:
+        spin: QSpinBox | QDoubleSpinBox
+        if spec.decimals == 0:
+            spin = QSpinBox()
+            spin.setRange(int(spec.lo), int(spec.hi))
+            spin.setSingleStep(int(spec.step))
+            spin.valueChanged.connect(lambda v, s=spec: self._value_changed(s, v))
+        else:
+            spin = QDoubleSpinBox()
+            spin.setDecimals(spec.decimals)
+            spin.setRange(spec.lo, spec.hi)
+            spin.setSingleStep(spec.step)
+            spin.valueChanged.connect(lambda v, s=spec: self._value_changed(s, v))
+        spin.setObjectName(spec.key)
+        spin.setToolTip(spec.tooltip)
+        spin.setKeyboardTracking(False)
+        spin.setStepType(QAbstractSpinBox.StepType.DefaultStepType)
+        spin.setMinimumWidth(96)
+        return spin
+
+    # -- edits -> commands -------------------------------------------------------------------
+
+    def _prompt_edited(self, text: str) -> None:
+        if not self._syncing:
+            self._stack.push(SetPrompt(self._doc, text))
+
+    def _value_changed(self, spec: ParamSpec, value: float) -> None:
+        if self._syncing or spec_value(self._doc, spec) == value:
+            return
+        params, lora = with_value(self._doc, spec, value)
+        text = f"{spec.label.split(' (')[0]} = {value:g}"
+        self._stack.push(SetParams(self._doc, params, lora, text, key=spec.key))
+
+    def reset_to_defaults(self) -> None:
+        if (self._doc.params, self._doc.lora) != (DragParams(), LoraParams()):
+            self._stack.push(SetParams(self._doc, DragParams(), LoraParams(), "Reset parameters"))
+
+    # -- document -> widgets -----------------------------------------------------------------
+
+    def _on_document(self, notice: Notice) -> None:
+        if notice.change in (Change.PROMPT, Change.PARAMS):
+            self._sync()
+
+    def _sync(self) -> None:
+        self._syncing = True
+        try:
+            if self.prompt.text() != self._doc.prompt:
+                self.prompt.setText(self._doc.prompt)
+            for spec in SPECS:
+                spin = self.spins[spec.key]
+                value = spec_value(self._doc, spec)
+                if spin.value() != value:
+                    spin.setValue(value)  # type: ignore[arg-type]
+        finally:
+            self._syncing = False
