@@ -1,0 +1,51 @@
+"""GUI tests run headless on Qt's offscreen platform, with settings in a temporary file."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings
+
+DEV = Path("/work/shared/data/dragbench-dev")
+SAMPLE = DEV / "animals" / "JH_2023-09-14-1820-16" / "original_image.png"
+
+
+@pytest.fixture
+def sample_image(tmp_path: Path) -> Path:
+    """A DragBench dev photo, or a generated stand-in where the data set is absent."""
+    if SAMPLE.exists():
+        return SAMPLE
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "stand_in.png"
+    Image.fromarray(rng.integers(0, 255, (512, 512, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> QSettings:
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture
+def window(qtbot, settings: QSettings) -> Iterator[object]:
+    from dragstudio.main_window import MainWindow
+
+    w = MainWindow(settings)
+    qtbot.addWidget(w)
+    w.resize(1200, 800)
+    w.show()
+    qtbot.waitExposed(w)
+    # Dialogs would block a headless run: record them instead.
+    w.errors = []  # type: ignore[attr-defined]
+    w.show_error = lambda title, message: w.errors.append((title, message))  # type: ignore[method-assign]
+    w.confirm_discard = lambda: True  # type: ignore[method-assign]
+    yield w

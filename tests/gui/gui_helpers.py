@@ -1,0 +1,40 @@
+"""Mouse helpers for GUI tests: exact sub-pixel positions and explicit button state."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication, QWidget
+
+
+def mouse(
+    widget: QWidget,
+    kind: QEvent.Type,
+    pos: QPointF,
+    button: Qt.MouseButton = Qt.MouseButton.LeftButton,
+    buttons: Qt.MouseButton | None = None,
+) -> None:
+    """Send one mouse event with an exact (sub-pixel) position and the right button state."""
+    if buttons is None:
+        held = kind in (QEvent.Type.MouseButtonPress, QEvent.Type.MouseMove)
+        buttons = button if held else Qt.MouseButton.NoButton
+    event = QMouseEvent(
+        kind, pos, widget.mapToGlobal(pos), button, buttons, Qt.KeyboardModifier.NoModifier
+    )
+    QApplication.sendEvent(widget, event)
+
+
+def click(widget: QWidget, pos: QPointF) -> None:
+    mouse(widget, QEvent.Type.MouseButtonPress, pos)
+    mouse(widget, QEvent.Type.MouseButtonRelease, pos)
+
+
+def drag(
+    widget: QWidget,
+    points: list[QPointF],
+    button: Qt.MouseButton = Qt.MouseButton.LeftButton,
+) -> None:
+    mouse(widget, QEvent.Type.MouseButtonPress, points[0], button)
+    for p in points[1:]:
+        mouse(widget, QEvent.Type.MouseMove, p, Qt.MouseButton.NoButton, button)
+    mouse(widget, QEvent.Type.MouseButtonRelease, points[-1], button)
