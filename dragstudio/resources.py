@@ -61,4 +61,6 @@ def apply_theme(app: QApplication) -> None:
     app.setPalette(_dark_palette())
     qss = resources_dir() / "style.qss"
     if qss.exists():
-        app.setStyleSheet(qss.read_text(encoding="utf-8"))
+        # Style sheets resolve url() against the working directory, so anchor them here.
+        icons = (resources_dir() / "icons").as_posix()
+        app.setStyleSheet(qss.read_text(encoding="utf-8").replace("@ICONS@", icons))
