@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 def _patch(center: torch.Tensor, radius: int, height: int, width: int) -> torch.Tensor:
     """Integer grid positions ``(n, 2)`` as ``(x, y)`` within ``radius`` of ``center``, clipped."""
-    cx, cy = int(round(float(center[0]))), int(round(float(center[1])))
+    cx, cy = round(float(center[0])), round(float(center[1]))
     xs = torch.arange(max(cx - radius, 0), min(cx + radius, width - 1) + 1)
     ys = torch.arange(max(cy - radius, 0), min(cy + radius, height - 1) + 1)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -174,7 +174,9 @@ def optimize_latent(
             optimizer.step()
         done = k + 1
         if on_step:
-            info = DragStepInfo(done, handles.clone(), float(loss.detach()), out.detach(), latent_now)
+            info = DragStepInfo(
+                done, handles.clone(), float(loss.detach()), out.detach(), latent_now
+            )
             on_step(info)
     if not reached and done > 0:
         # Where the last update took the handles: one forward pass, reported, not optimised.

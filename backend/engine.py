@@ -38,7 +38,6 @@ from backend.events import (
 )
 from backend.features import unet_with_features
 from backend.lora import (
-    adapter_state,
     has_adapter,
     load_adapter_state,
     lora_key,
@@ -248,7 +247,7 @@ class Engine:
             self.load_model(request.model)
             token.check()
         pipe = self.pipe
-        unet, vae = pipe.unet, pipe.vae
+        unet, _vae = pipe.unet, pipe.vae
         params = request.params
         schedule = Schedule.from_scheduler(pipe.scheduler, params.inference_steps)
         image_size = request.image_size

@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 
 def working_size(width: int, height: int, working_width: int = 512) -> tuple[int, int]:
     """``(W, H)`` to edit at: ``working_width`` wide, height scaled and rounded to 8, ≥ 64."""
-    h = max(64, int(round(working_width * height / width / 8.0)) * 8)
+    h = max(64, round(working_width * height / width / 8.0) * 8)
     return working_width, h
 
 
@@ -73,7 +73,7 @@ def keep_original_outside(
     soft = Image.fromarray((m * 255).astype(np.uint8))
     if feather > 0:
         # Erode-then-blur keeps the ramp inside the editable region.
-        r = max(1, int(round(feather)))
+        r = max(1, round(feather))
         soft = soft.filter(ImageFilter.MinFilter(2 * r + 1)).filter(
             ImageFilter.GaussianBlur(feather)
         )

@@ -37,7 +37,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         allowed = _allowed()
         if (module, name) not in allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a DragBench pickle")
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from a DragBench pickle"
+            )
         return allowed[(module, name)]
 
 

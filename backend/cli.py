@@ -1,0 +1,280 @@
+"""``dragstudio-cli``: the engine without a window.
+
+Bad input ends with a one-line reason on stderr and a non-zero exit code, never a traceback
+(``--debug`` shows one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backend import __version__
+from backend.errors import Cancelled, DragStudioError, InvalidRequest
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _pair(text: str) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"expected HX,HY,TX,TY, got {text!r}")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"coordinates must be numbers, got {text!r}") from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"coordinates must be finite, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dragstudio-cli",
+        description="DragDiffusion point-based image editing, headless.",
+    )
+    parser.add_argument("--version", action="version", version=f"DragStudio {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    tiny = sub.add_parser(
+        "make-tiny-model",
+        help="write a tiny random-weight SD-1.5-shaped pipeline (for tests and smoke runs)",
+        description="Write a tiny Stable-Diffusion-1.5-shaped pipeline with random weights in "
+        "diffusers format. It loads offline and makes random-looking edits.",
+    )
+    tiny.add_argument("directory", type=Path)
+    tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (0)")
+    tiny.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        default="epsilon",
+        help="what the UNet predicts (epsilon, like SD-1.5)",
+    )
+
+    edit = sub.add_parser(
+        "edit",
+        help="drag-edit one image",
+        description="Drag-edit one image: handle points move to their targets inside the mask.",
+    )
+    edit.add_argument(
+        "--model",
+        required=True,
+        help="hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), diffusers folder or "
+        ".safetensors checkpoint",
+    )
+    src = edit.add_mutually_exclusive_group(required=True)
+    src.add_argument("--case", type=Path, help="a DragBench case folder")
+    src.add_argument("--image", type=Path, help="the image to edit")
+    edit.add_argument(
+        "--pair",
+        type=_pair,
+        action="append",
+        metavar="HX,HY,TX,TY",
+        help="handle and target in image pixels (repeat for more pairs; with --case, replaces "
+        "the case's points)",
+    )
+    edit.add_argument("--mask", type=Path, help="PNG of the image's size: non-black = editable")
+    edit.add_argument("--prompt", help="text describing the image (default: empty, or the case's)")
+    edit.add_argument("--lora-steps", type=int, help="LoRA fine-tuning steps (80; 0 skips)")
+    edit.add_argument("--drag-steps", type=int, help="latent optimisation iterations (80)")
+    edit.add_argument("--inversion-strength", type=float, help="fraction of DDIM inverted (0.7)")
+    edit.add_argument("--latent-lr", type=float, help="Adam learning rate on the latent (0.01)")
+    edit.add_argument("--lam", type=float, help="weight of the mask term, λ (0.1)")
+    edit.add_argument("--r1", type=int, help="motion supervision radius (1)")
+    edit.add_argument("--r2", type=int, help="point tracking radius (3)")
+    edit.add_argument("--working-width", type=int, help="width the model works at (512)")
+    edit.add_argument("--seed", type=int, help="seed for LoRA training (0)")
+    edit.add_argument(
+        "--no-keep-pixels",
+        action="store_true",
+        help="return the model's pixels everywhere instead of the original outside the mask",
+    )
+    edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    edit.add_argument("--lora-cache", type=Path, help="LoRA cache folder (default: user cache)")
+    edit.add_argument("--no-lora-cache", action="store_true", help="do not read or write it")
+    edit.add_argument("--out", type=Path, required=True, help="where to write the edited image")
+    edit.add_argument("--trace", type=Path, help="write a JSON trace of the run here")
+    edit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
+
+
+def _load_mask(path: Path, size: tuple[int, int]) -> Any:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mask = np.asarray(im.convert("L")) > 0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from exc
+    if (mask.shape[1], mask.shape[0]) != size:
+        raise InvalidRequest(
+            f"the mask is {mask.shape[1]}×{mask.shape[0]} but the image is {size[0]}×{size[1]}"
+        )
+    return mask
+
+
+def _build_request(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from backend.bench.dragbench import load_case
+    from backend.document import load_image
+    from backend.request import DragParams, DragRequest, LoraParams, PointPair
+
+    mask = None
+    prompt = ""
+    pairs: tuple[PointPair, ...] = ()
+    if args.case is not None:
+        case = load_case(args.case)
+        image = load_image(case.image_path)
+        mask, prompt, pairs = case.mask, case.prompt, case.pairs
+        if mask.shape != image.shape[:2]:
+            raise InvalidRequest(f"{args.case}: the mask does not match the image size")
+    else:
+        image = load_image(args.image)
+    size = (image.shape[1], image.shape[0])
+    if args.mask is not None:
+        mask = _load_mask(args.mask, size)
+    if args.pair:
+        pairs = tuple(PointPair((hx, hy), (tx, ty)) for hx, hy, tx, ty in args.pair)
+    if not pairs:
+        raise InvalidRequest("no point pairs: give --pair HX,HY,TX,TY at least once")
+    if args.prompt is not None:
+        prompt = args.prompt
+
+    overrides = {
+        "drag_steps": args.drag_steps,
+        "inversion_strength": args.inversion_strength,
+        "latent_lr": args.latent_lr,
+        "lam": args.lam,
+        "r1": args.r1,
+        "r2": args.r2,
+        "working_width": args.working_width,
+    }
+    params = replace(DragParams(), **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_keep_pixels:
+        params = replace(params, keep_unmasked_pixels=False)
+    lora_over = {"steps": args.lora_steps, "seed": args.seed}
+    lora = replace(LoraParams(), **{k: v for k, v in lora_over.items() if v is not None})
+    request = DragRequest(
+        image=image,
+        pairs=pairs,
+        mask=mask,
+        prompt=prompt,
+        params=params,
+        lora=lora,
+        model=args.model,
+    )
+    request.validate()
+    return request
+
+
+class _Printer:
+    """Stage lines and a sparse step count on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event: Any) -> None:
+        from backend.events import StageFinished, StageStarted, StepProgress
+
+        if self.quiet:
+            return
+        if isinstance(event, StageStarted):
+            note = f" ({event.detail})" if event.detail else ""
+            print(f"{event.stage.value}: started{note}", file=sys.stderr, flush=True)
+        elif isinstance(event, StepProgress):
+            every = max(1, event.total // 8) if event.total else 10
+            if event.step % every == 0 or event.step == event.total:
+                extra = f" loss {event.loss:.4g}" if event.loss is not None else ""
+                if event.handles:
+                    pts = " ".join(f"({x:.0f},{y:.0f})" for x, y in event.handles)
+                    extra += f" handles {pts}"
+                line = f"  {event.stage.value} {event.step}/{event.total}{extra}"
+                print(line, file=sys.stderr, flush=True)
+        elif isinstance(event, StageFinished):
+            print(f"{event.stage.value}: {event.seconds:.2f} s", file=sys.stderr, flush=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from backend.tiny import save_tiny_model
+
+    path = save_tiny_model(args.directory, args.seed, prediction_type=args.prediction_type)
+    print(f"wrote a tiny random-weight pipeline to {path}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from backend.engine import Engine, save_image
+    from backend.lora_cache import LoraCache
+
+    request = _build_request(args)
+    out: Path = args.out
+    if not out.parent.exists():
+        raise InvalidRequest(f"the folder {out.parent} does not exist")
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
+    cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
+    engine = Engine(args.device, lora_cache=cache)
+    result = engine.edit(request, _Printer(args.quiet))
+    save_image(result.image, out)
+    if args.trace is not None:
+        args.trace.write_text(json.dumps(result.trace, indent=1) + "\n")
+    if not args.quiet:
+        dist = ", ".join(f"{d:.1f}" for d in result.trace["final_distances"])
+        print(
+            f"wrote {out} ({result.image.shape[1]}×{result.image.shape[0]}) in "
+            f"{result.trace['stages']['total']:.1f} s; handles end {dist} px from their targets",
+            file=sys.stderr,
+        )
+    return 0
+
+
+COMMANDS = {"make-tiny-model": cmd_make_tiny_model, "edit": cmd_edit}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("dragstudio-cli: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Cancelled:
+        print("dragstudio-cli: cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except DragStudioError as exc:
+        if args.debug:
+            raise
+        print(f"dragstudio-cli: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, InvalidRequest) else EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"dragstudio-cli: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

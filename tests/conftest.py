@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random-weight SD-1.5-shaped model on disk, and an engine on CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-dev"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from backend.tiny import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model_dir: Path):
+    from backend.engine import Engine
+
+    eng = Engine("cpu")
+    eng.load_model(str(tiny_model_dir))
+    return eng
+
+
+@pytest.fixture(scope="session")
+def dev_data() -> Path:
+    if not DEV_DATA.is_dir():
+        pytest.skip(f"DragBench dev data not found at {DEV_DATA}")
+    return DEV_DATA
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A smooth synthetic 'photo' with structure for features to lock on to."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    img = np.stack(
+        [
+            128 + 100 * np.sin(x / 23.0) * np.cos(y / 31.0),
+            128 + 90 * np.cos(x / 17.0 + y / 29.0),
+            128 + 80 * np.sin((x + y) / 41.0),
+        ],
+        axis=-1,
+    )
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
