@@ -195,7 +195,7 @@ class Engine:
     def lora_key_for(self, request: DragRequest) -> str:
         self._require_model()
         assert self.source is not None
-        return lora_key(request.image, self.source.identity, request.prompt, request.lora)
+        return lora_key(request.identity_image, self.source.identity, request.prompt, request.lora)
 
     # -- editing -----------------------------------------------------------------------------
 
@@ -458,7 +458,7 @@ class Engine:
                     unet,
                     self.pipe.vae,
                     text,
-                    request.image,
+                    request.identity_image,
                     schedule,
                     params,
                     device=self.device,

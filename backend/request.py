@@ -140,6 +140,9 @@ class DragRequest:
     params: DragParams = field(default_factory=DragParams)
     lora: LoraParams = field(default_factory=LoraParams)
     model: str = DEFAULT_MODEL
+    lora_image: np.ndarray | None = None
+    """The image the identity LoRA is trained on, when it is not ``image`` itself: dragging an
+    accepted result again keeps the LoRA of the photo it came from."""
 
     def validate(self) -> None:
         """Raise :class:`InvalidRequest` with a one-line reason if this cannot be edited."""
@@ -174,6 +177,13 @@ class DragRequest:
         _check(isinstance(self.prompt, str), "the prompt must be text")
         _check(len(self.prompt) <= 2000, "the prompt is too long (2000 characters at most)")
         _check(isinstance(self.model, str) and self.model != "", "no model given")
+        if self.lora_image is not None:
+            li = self.lora_image
+            _check(
+                isinstance(li, np.ndarray) and li.ndim == 3 and li.shape[2] == 3,
+                "the LoRA image must be H×W×3 uint8 RGB",
+            )
+            _check(li.dtype == np.uint8, "the LoRA image must be H×W×3 uint8 RGB")
         self.params.validate()
         self.lora.validate()
 
@@ -181,6 +191,11 @@ class DragRequest:
     def image_size(self) -> tuple[int, int]:
         """``(width, height)`` of the user's image."""
         return int(self.image.shape[1]), int(self.image.shape[0])
+
+    @property
+    def identity_image(self) -> np.ndarray:
+        """The image the LoRA learns: ``lora_image`` if given, else ``image``."""
+        return self.image if self.lora_image is None else self.lora_image
 
     @property
     def editable_mask(self) -> np.ndarray | None:
