@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--out", type=Path, required=True, help="where to write the edited image")
     edit.add_argument("--trace", type=Path, help="write a JSON trace of the run here")
     edit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    from backend.bench.cli import add_bench_commands  # bench, bench-metrics
+
+    COMMANDS.update(add_bench_commands(sub))
     return parser
 
 
