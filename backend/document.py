@@ -175,6 +175,8 @@ class Change(StrEnum):
     PROMPT = "prompt"
     PARAMS = "params"
     MODEL = "model"
+    HISTORY = "history"
+    """An accepted result was added to the history, or taken back."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,30 @@ class MaskStroke:
 
 
 # ---------------------------------------------------------------------------------------------
+# Accepted results
+
+
+@dataclass(frozen=True, eq=False)
+class HistoryEntry:
+    """One accepted drag: the image before and after, and what produced it.
+
+    The entry holds enough to take the acceptance back (``before`` and the points it cleared)
+    and to tell the user later what was done (points, parameters, time).
+    """
+
+    before: np.ndarray
+    after: np.ndarray
+    pairs: tuple[Pair, ...]
+    prompt: str
+    params: DragParams
+    lora: LoraParams
+    model: str
+    seconds: float
+    lora_reused: bool = False
+    final_handles: tuple[Point, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
 # The document
 
 
@@ -288,6 +314,10 @@ class Document:
         self.params: DragParams = DragParams()
         self.lora: LoraParams = LoraParams()
         self.model: str = DEFAULT_MODEL
+        self.original: np.ndarray | None = None
+        """The photo as opened: accepted results replace ``image`` but not this, so dragging
+        them again can keep the LoRA trained on the photo."""
+        self.history: list[HistoryEntry] = []
         self._observers: list[Observer] = []
 
     # -- observers ---------------------------------------------------------------------------
@@ -329,10 +359,37 @@ class Document:
         ):
             raise InvalidRequest("the image must be an H×W×3 uint8 RGB array")
         self.image = np.ascontiguousarray(image)
+        self.original = self.image
+        self.history = []
         self.path = Path(path) if path is not None else None
         self.mask = np.zeros(image.shape[:2], dtype=bool)
         self._pairs = []
         self._notify(Notice(Change.IMAGE))
+        self._notify(Notice(Change.HISTORY))
+
+    # -- accepted results --------------------------------------------------------------------
+
+    def accept_result(self, entry: HistoryEntry) -> None:
+        """Make ``entry.after`` the image to drag further; its points are spent, the mask stays."""
+        if self.image is None or entry.after.shape != self.image.shape:
+            raise InvalidRequest("the result does not fit the open image")
+        self.history.append(entry)
+        self._swap_image(entry.after, [])
+
+    def undo_accept(self) -> HistoryEntry:
+        """Take the last accepted result back: the image and points it replaced return."""
+        entry = self.history.pop()
+        self._swap_image(entry.before, entry.pairs)
+        return entry
+
+    def _swap_image(self, image: np.ndarray, pairs: Iterable[Pair]) -> None:
+        self.image = image
+        self._pairs = list(pairs)
+        # IMAGE alone tells observers the mask was reset; MASK corrects that, it was kept.
+        self._notify(Notice(Change.IMAGE))
+        self._notify(Notice(Change.MASK))
+        self._notify(Notice(Change.POINTS))
+        self._notify(Notice(Change.HISTORY))
 
     def open(self, path: str | Path) -> None:
         """Load ``path`` and make it the document's image; on failure nothing changes."""
@@ -466,15 +523,19 @@ class Document:
 
     # -- the engine's view ---------------------------------------------------------------------
 
-    def to_request(self) -> DragRequest:
+    def to_request(self, *, keep_photo_lora: bool = True) -> DragRequest:
         """The edit this document describes: complete pairs only, mask as bool.
 
-        Raises :class:`InvalidRequest` when there is no image; the request's own
-        ``validate()`` says what else is missing.
+        On an accepted result, ``keep_photo_lora`` trains (and so reuses) the LoRA on the photo
+        as opened rather than on the result. Raises :class:`InvalidRequest` when there is no
+        image; the request's own ``validate()`` says what else is missing.
         """
         if self.image is None or self.mask is None:
             raise InvalidRequest("no image is open")
         pairs = tuple(PointPair(p.handle, p.target) for p in self._pairs if p.target is not None)
+        lora_image = None
+        if keep_photo_lora and self.original is not None and self.original is not self.image:
+            lora_image = self.original.copy()
         return DragRequest(
             image=self.image.copy(),
             pairs=pairs,
@@ -483,6 +544,7 @@ class Document:
             params=self.params,
             lora=self.lora,
             model=self.model,
+            lora_image=lora_image,
         )
 
     def load_request(self, request: DragRequest, path: str | Path | None = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from PySide6.QtGui import QUndoCommand
 
-from backend.document import Document, MaskEdit, Pair, Point
+from backend.document import Document, HistoryEntry, MaskEdit, Pair, Point
 from backend.request import DragParams, LoraParams
 
 _PROMPT_ID = 1
@@ -180,3 +180,18 @@ class SetParams(QUndoCommand):
 
     def undo(self) -> None:
         self._doc.set_params(*self._old)
+
+
+class AcceptResult(QUndoCommand):
+    """An edit's result becomes the image; undo brings back the photo and its points."""
+
+    def __init__(self, doc: Document, entry: HistoryEntry) -> None:
+        n = len(entry.pairs)
+        super().__init__(f"Accept drag ({n} pair{'s' if n != 1 else ''}, {entry.seconds:.1f} s)")
+        self._doc, self.entry = doc, entry
+
+    def redo(self) -> None:
+        self._doc.accept_result(self.entry)
+
+    def undo(self) -> None:
+        self._doc.undo_accept()

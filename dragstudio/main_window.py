@@ -25,9 +25,11 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
+    QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QSpinBox,
     QToolBar,
     QUndoView,
@@ -41,9 +43,12 @@ from backend.errors import InvalidRequest
 from dragstudio.canvas import CanvasView, Tool
 from dragstudio.canvas.view import percent_text
 from dragstudio.commands import ClearPairs, EditMask, InvertMask
+from dragstudio.dialogs import ModelChoice, ask_missing_model
+from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
 from dragstudio.resources import app_icon, icon
+from dragstudio.runner import EngineHost, Failure, default_engine_factory
 
 APP_NAME = "DragStudio"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif);;All files (*)"
@@ -56,7 +61,7 @@ def _shortcut_text(shortcuts: Sequence[QKeySequence]) -> str:
 
 
 class MainWindow(QMainWindow):
-    def __init__(self, settings: QSettings | None = None) -> None:
+    def __init__(self, settings: QSettings | None = None, host: EngineHost | None = None) -> None:
         super().__init__()
         self.settings = settings if settings is not None else QSettings()
         self.document = Document()
@@ -75,6 +80,7 @@ class MainWindow(QMainWindow):
         self._build_toolbars()
         self._build_docks()
         self._build_status_bar()
+        self.drag_ui = DragUI(self, host or EngineHost(default_engine_factory()))
 
         self.undo_stack.cleanChanged.connect(lambda _clean: self._update_title())
         self.canvas.zoomChanged.connect(lambda p: self.zoom_label.setText(percent_text(p)))
@@ -305,7 +311,7 @@ class MainWindow(QMainWindow):
         self.parameters = ParametersPanel(self.document, self.undo_stack)
         self.model_picker = ModelPicker(self.document, self.settings)
         self.progress_slot = QVBoxLayout()
-        """Where the next issue's progress panel goes."""
+        """Where the Drag button, the progress panel and the result bar go (see drag_ui)."""
         self.progress_slot.setContentsMargins(0, 0, 0, 0)
 
         edit = QWidget()
@@ -319,7 +325,14 @@ class MainWindow(QMainWindow):
         layout.addSpacing(6)
         layout.addLayout(self.progress_slot)
         layout.addStretch(1)
-        self.edit_dock = self._dock("Edit", "editDock", edit)
+        # Scrolls rather than forcing a tall window once progress and results are shown.
+        scroll = QScrollArea()
+        scroll.setObjectName("editScroll")
+        scroll.setWidget(edit)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.edit_dock = self._dock("Edit", "editDock", scroll)
 
         self.history_view = QUndoView(self.undo_stack)
         self.history_view.setEmptyLabel("Opened image")
@@ -380,6 +393,13 @@ class MainWindow(QMainWindow):
 
     def show_error(self, title: str, message: str) -> None:
         QMessageBox.warning(self, title, message)
+
+    def show_failure(self, failure: Failure) -> None:
+        """A failed edit: message, suggestion, and the details behind "Show Details…"."""
+        show_failure_dialog(self, failure)
+
+    def ask_missing_model(self, spec: str, failure: Failure) -> ModelChoice:
+        return ask_missing_model(self, spec, failure)
 
     def confirm_discard(self) -> bool:
         answer = QMessageBox.question(
@@ -484,6 +504,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("window/state", self.saveState())
         self.settings.sync()
         self._unsubscribe()
+        self.drag_ui.shutdown()
         super().closeEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import (
     QColor,
@@ -27,6 +28,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QMenu, QWidget
 
 from backend.document import Change, Document, Notice, Pair, Point
+from dragstudio.canvas.compare import paint_result, paint_trails
 from dragstudio.canvas.layers import (
     POINT_RADIUS,
     ImagePyramid,
@@ -84,6 +86,10 @@ class CanvasView(QWidget):
         self._hovered: tuple[int, str] | None = None
         self._drag_preview: tuple[int, str, Point] | None = None
         self._live_handles: tuple[Point, ...] | None = None
+        self._trails: list[list[Point]] = []
+        self._result: ImagePyramid | None = None
+        self._split = 0.0
+        self._show_before = False
         self._cursor_view: QPointF | None = None
         self._space_held = False
         self._pan_from: tuple[QPointF, float, float] | None = None
@@ -99,6 +105,8 @@ class CanvasView(QWidget):
             self._pyramid = ImagePyramid(doc.image) if doc.image is not None else None
             self._selected = self._hovered = None
             self._drag_preview = self._live_handles = None
+            self._trails = []
+            self._result = None
             for handler in self._handlers.values():
                 handler.cancel()
             self._overlay.invalidate()
@@ -242,8 +250,47 @@ class CanvasView(QWidget):
         self.update()
 
     def set_live_handles(self, handles: Sequence[Point] | None) -> None:
-        """Show handles where the engine's tracking has them now (None: where the user put them)."""
-        self._live_handles = tuple(handles) if handles is not None else None
+        """Show handles where the engine's tracking has them now (None: where the user put them).
+
+        Each update extends a faint trail from where the handles started; None clears it.
+        """
+        if handles is None:
+            self._live_handles = None
+            self._trails = []
+        else:
+            self._live_handles = tuple((float(x), float(y)) for x, y in handles)
+            if len(self._trails) != len(self._live_handles):
+                starts = [p.handle for p in self.document.pairs if p.complete]
+                self._trails = [[s] for s in starts[: len(self._live_handles)]]
+                self._trails += [[] for _ in range(len(self._live_handles) - len(self._trails))]
+            for trail, p in zip(self._trails, self._live_handles, strict=True):
+                trail.append(p)
+        self.update()
+
+    @property
+    def live_handles(self) -> tuple[Point, ...] | None:
+        return self._live_handles
+
+    @property
+    def trails(self) -> list[list[Point]]:
+        return self._trails
+
+    def set_result(self, image: np.ndarray | None) -> None:
+        """Show an edit's result over the original (None: the document's image alone)."""
+        self._result = ImagePyramid(image) if image is not None else None
+        self.update()
+
+    @property
+    def has_result(self) -> bool:
+        return self._result is not None
+
+    def set_split(self, split: float) -> None:
+        """Fraction of the width, from the left, that shows the original instead of the result."""
+        self._split = min(max(float(split), 0.0), 1.0)
+        self.update()
+
+    def set_show_before(self, before: bool) -> None:
+        self._show_before = before
         self.update()
 
     def displayed_pairs(self) -> list[Pair]:
@@ -278,14 +325,24 @@ class CanvasView(QWidget):
             return
         ratio = self.devicePixelRatioF()
         self._pyramid.paint(painter, self._t, ratio)
+        showing_result = self._result is not None and not self._show_before
+        if showing_result and self._result is not None:
+            paint_result(painter, self._result, self._t, ratio, self._split)
         mask = self.document.mask
-        if self._overlay_visible and self._mask_nonempty and mask is not None:
+        if (
+            self._overlay_visible
+            and self._mask_nonempty
+            and mask is not None
+            and not showing_result
+        ):
             rendered = self._overlay.render(mask, self._t, self.size(), ratio)
             if rendered is not None:
                 painter.drawImage(rendered[1], rendered[0])
         style = PointsStyle(selected=self._selected, hovered=self._hovered)
         if self._tool == Tool.POINT and self.document.dangling is not None:
             style.rubber_band_to = self._cursor_view
+        if self._trails:
+            paint_trails(painter, self._t, self._trails)
         paint_pairs(painter, self._t, self.displayed_pairs(), style, self._live_handles)
         if (
             self._tool in (Tool.BRUSH, Tool.ERASER)

@@ -1,0 +1,135 @@
+"""Dialogs for running edits: a readable failure, a missing model, a model download.
+
+Failures say what happened and what to try, with the traceback behind "Show Details…", so a
+user can act and a developer can debug from the same box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from enum import StrEnum
+
+from PySide6.QtWidgets import (
+    QDialog,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dragstudio.download import download_model
+from dragstudio.runner import Failure
+
+
+def failure_box(
+    parent: QWidget | None, failure: Failure, title: str = "The edit failed"
+) -> QMessageBox:
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(failure.message)
+    if failure.suggestion:
+        box.setInformativeText(failure.suggestion)
+    if failure.details:
+        box.setDetailedText(failure.details)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    return box
+
+
+class ModelChoice(StrEnum):
+    DOWNLOAD = "download"
+    FOLDER = "folder"
+    FILE = "file"
+    CANCEL = "cancel"
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and " " not in spec
+
+
+def ask_missing_model(parent: QWidget | None, spec: str, failure: Failure) -> ModelChoice:
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Model not found")
+    box.setText(f"The model “{spec}” is not on this computer.")
+    box.setInformativeText(
+        "Download it from the Hugging Face hub (about 2 GB for Stable Diffusion 1.5), or "
+        "choose a diffusers folder or a .safetensors checkpoint you already have."
+    )
+    box.setDetailedText(failure.message)
+    buttons: dict[object, ModelChoice] = {}
+    if looks_like_hub_id(spec):
+        download = box.addButton("Download…", QMessageBox.ButtonRole.AcceptRole)
+        buttons[download] = ModelChoice.DOWNLOAD
+    buttons[box.addButton("Choose Folder…", QMessageBox.ButtonRole.ActionRole)] = ModelChoice.FOLDER
+    buttons[box.addButton("Choose File…", QMessageBox.ButtonRole.ActionRole)] = ModelChoice.FILE
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return buttons.get(box.clickedButton(), ModelChoice.CANCEL)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class DownloadDialog(QDialog):
+    """Bytes done of total, speed, and a Cancel that stops the download mid-file."""
+
+    def __init__(self, parent: QWidget | None, repo_id: str) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Downloading model")
+        self.setModal(True)
+        self.cancel_event = threading.Event()
+        self._start = time.perf_counter()
+        self.label = QLabel(f"Downloading {repo_id} from the Hugging Face hub…")
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 0)
+        self.numbers = QLabel("Connecting…")
+        cancel = QPushButton("Cancel")
+        cancel.clicked.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.label)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.numbers)
+        layout.addWidget(cancel)
+        self.rejected.connect(self.cancel_event.set)
+        self.resize(440, 140)
+
+    def progress(self, done: int, total: int) -> None:
+        speed = done / max(time.perf_counter() - self._start, 1e-3)
+        if total:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(round(1000 * done / total))
+            left = (total - done) / speed if speed > 0 else 0
+            self.numbers.setText(
+                f"{_size(done)} of {_size(total)} · {_size(speed)}/s · {left:.0f} s left"
+            )
+        else:
+            self.numbers.setText(f"{_size(done)} · {_size(speed)}/s")
+
+
+async def download_with_dialog(parent: QWidget | None, repo_id: str) -> str:
+    """Download in a worker thread behind a progress dialog; raises Cancelled or ModelNotFound."""
+    loop = asyncio.get_running_loop()
+    dialog = DownloadDialog(parent, repo_id)
+    dialog.show()
+
+    def report(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(dialog.progress, done, total)
+
+    try:
+        return await loop.run_in_executor(
+            None, download_model, repo_id, report, dialog.cancel_event
+        )
+    finally:
+        dialog.cancel_event.set()
+        dialog.close()
+        dialog.deleteLater()

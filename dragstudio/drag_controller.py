@@ -1,0 +1,205 @@
+"""The Qt side of running edits: builds requests from the document, awaits the engine host,
+and re-emits its events as signals the panels and the canvas listen to.
+
+It also holds the one pending result (shown over the original until accepted or discarded):
+the document itself is never touched by a running job, which is why cancelling leaves it
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from backend.document import Document, HistoryEntry, Pair
+from backend.errors import InvalidRequest
+from backend.events import Failed, Finished, StageFinished, StageStarted, StepProgress
+from backend.request import DragRequest
+from dragstudio.runner import EngineHost, Failure, Outcome
+
+ModelResolver = Callable[[str, Failure], Awaitable[str | None]]
+"""Asked when the model is missing: returns another model to try, or None to give up."""
+
+
+@dataclass(frozen=True, eq=False)
+class PendingResult:
+    """A finished edit waiting for Accept or Discard."""
+
+    image: np.ndarray
+    before: np.ndarray
+    request: DragRequest
+    trace: dict[str, Any] = field(repr=False)
+    seconds: float = 0.0
+
+    @property
+    def lora_reused(self) -> bool:
+        return bool(self.trace.get("lora", {}).get("cached"))
+
+    @property
+    def final_handles(self) -> tuple[tuple[float, float], ...]:
+        return tuple((float(x), float(y)) for x, y in self.trace.get("final_handles", ()))
+
+    def history_entry(self, pairs: tuple[Pair, ...]) -> HistoryEntry:
+        r = self.request
+        return HistoryEntry(
+            before=self.before,
+            after=self.image,
+            pairs=pairs,
+            prompt=r.prompt,
+            params=r.params,
+            lora=r.lora,
+            model=r.model,
+            seconds=self.seconds,
+            lora_reused=self.lora_reused,
+            final_handles=self.final_handles,
+        )
+
+
+class DragController(QObject):
+    busyChanged = Signal(bool)
+    modelLoading = Signal(str)
+    modelLoaded = Signal(str, float)
+    stageStarted = Signal(object)
+    stepProgress = Signal(object)
+    stageFinished = Signal(object)
+    resultChanged = Signal(object)
+    """The pending result (:class:`PendingResult`), or None once accepted or discarded."""
+    failed = Signal(object)
+    """A :class:`Failure` worth a dialog (not a cancel)."""
+    cancelled = Signal()
+
+    def __init__(
+        self,
+        document: Document,
+        host: EngineHost,
+        parent: QObject | None = None,
+        *,
+        preview_every: int = 0,
+    ) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.host = host
+        self.preview_every = preview_every
+        self.keep_photo_lora = True
+        """Drags on accepted results reuse the photo's LoRA (a setting)."""
+        self.retrain_next = False
+        self.resolve_missing_model: ModelResolver | None = None
+        self.pending: PendingResult | None = None
+        self.events: list[object] = []
+        """Every event of the latest job, in arrival order (for tests and the self-test)."""
+        self._busy = False
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busyChanged.emit(busy)
+
+    def build_request(self) -> DragRequest:
+        """The document as a request, validated; raises InvalidRequest with the reason."""
+        request = self.document.to_request(keep_photo_lora=self.keep_photo_lora)
+        if self.preview_every != request.params.preview_every:
+            request = replace(
+                request, params=replace(request.params, preview_every=self.preview_every)
+            )
+        request.validate()
+        return request
+
+    def cancel(self) -> None:
+        if self.host.cancel():
+            self._set_busy(False)
+            self.cancelled.emit()
+
+    def discard(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+            self.resultChanged.emit(None)
+
+    def take_pending(self) -> PendingResult | None:
+        """Hand the pending result over (to an Accept command) and clear it."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.resultChanged.emit(None)
+        return pending
+
+    async def drag(self) -> Outcome | None:
+        """Run the document's edit; returns how it ended (None if it never started)."""
+        if self._busy:
+            return None
+        try:
+            request = self.build_request()
+        except InvalidRequest as exc:
+            self.failed.emit(Failure(f"Cannot drag yet: {exc}.", "", ""))
+            return None
+        self.discard()
+        self.events = []
+        self._set_busy(True)
+        try:
+            model = await self._ensure_model(request.model)
+            if model is None:
+                return None
+            if model != request.model:
+                request = replace(request, model=model)
+            retrain, self.retrain_next = self.retrain_next, False
+            before = request.image
+            outcome = await self.host.run_edit(request, self._on_event, retrain_lora=retrain)
+            if outcome.failure is not None:
+                if retrain:
+                    self.retrain_next = True
+                self._report(outcome.failure)
+                return outcome
+            result = outcome.value
+            self.pending = PendingResult(
+                result.image, before, request, result.trace, outcome.seconds
+            )
+            self.resultChanged.emit(self.pending)
+            return outcome
+        finally:
+            if self.host.current_job is None:
+                self._set_busy(False)
+
+    async def _ensure_model(self, spec: str) -> str | None:
+        """Load ``spec`` in the background, asking what to do while it cannot be found."""
+        while True:
+            if self.host.loaded_model == spec:
+                return spec
+            self.modelLoading.emit(spec)
+            start = time.perf_counter()
+            outcome = await self.host.load_model(spec)
+            if outcome.failure is None:
+                self.modelLoaded.emit(spec, time.perf_counter() - start)
+                return spec
+            if outcome.failure.model_missing and self.resolve_missing_model is not None:
+                other = await self.resolve_missing_model(spec, outcome.failure)
+                if other is None:
+                    self.cancelled.emit()
+                    return None
+                spec = other
+                continue
+            self._report(outcome.failure)
+            return None
+
+    def _report(self, failure: Failure) -> None:
+        if failure.cancelled:
+            self.cancelled.emit()
+        else:
+            self.failed.emit(failure)
+
+    def _on_event(self, _job: int, event: object) -> None:
+        self.events.append(event)
+        if isinstance(event, StageStarted):
+            self.stageStarted.emit(event)
+        elif isinstance(event, StepProgress):
+            self.stepProgress.emit(event)
+        elif isinstance(event, StageFinished):
+            self.stageFinished.emit(event)
+        elif isinstance(event, (Finished, Failed)):
+            pass  # the awaited outcome carries these

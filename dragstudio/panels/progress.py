@@ -1,0 +1,180 @@
+"""The Drag button and one progress bar per stage, with step/total, time left, loss and a preview.
+
+Time left is the stage's own pace so far (elapsed / steps done × steps left): stages differ too
+much in cost per step for one overall estimate to mean anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backend.events import Stage, StageFinished, StageStarted, StepProgress
+from dragstudio.qtimage import rgb_to_qimage
+
+STAGE_TITLES: dict[Stage, str] = {
+    Stage.LOAD: "Model",
+    Stage.LORA: "LoRA fine-tuning",
+    Stage.INVERSION: "Inversion",
+    Stage.DRAG: "Optimisation",
+    Stage.DENOISE: "Denoising",
+}
+PREVIEW_WIDTH = 240
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+@dataclass
+class _Row:
+    title: QLabel
+    bar: QProgressBar
+    note: QLabel
+    started: float = 0.0
+    total: int = 0
+    detail: str = ""
+
+
+class ProgressPanel(QWidget):
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("progressPanel")
+        self.drag_button = QPushButton("Drag")
+        self.drag_button.setObjectName("dragButton")
+        self.drag_button.setMinimumHeight(32)
+        self.status = QLabel("Place handle and target points, then press Drag.")
+        self.status.setObjectName("progressStatus")
+        self.status.setWordWrap(True)
+
+        grid = QGridLayout()
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setHorizontalSpacing(6)
+        grid.setVerticalSpacing(2)
+        self.rows: dict[Stage, _Row] = {}
+        for i, (stage, title) in enumerate(STAGE_TITLES.items()):
+            label = QLabel(title)
+            bar = QProgressBar()
+            bar.setObjectName(f"progress_{stage.value}")
+            bar.setRange(0, 1)
+            bar.setValue(0)
+            bar.setTextVisible(False)
+            bar.setMaximumHeight(10)
+            note = QLabel("")
+            note.setObjectName(f"note_{stage.value}")
+            note.setStyleSheet("color: #9aa3b0;")
+            grid.addWidget(label, 2 * i, 0)
+            grid.addWidget(bar, 2 * i, 1)
+            grid.addWidget(note, 2 * i + 1, 0, 1, 2)
+            self.rows[stage] = _Row(label, bar, note)
+
+        self.preview = QLabel()
+        self.preview.setObjectName("preview")
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setVisible(False)
+        self.previews_shown = 0
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addWidget(self.drag_button)
+        layout.addWidget(self.status)
+        layout.addLayout(grid)
+        layout.addWidget(self.preview)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def set_running(self, running: bool) -> None:
+        self.drag_button.setText("Cancel" if running else "Drag")
+        self.drag_button.setToolTip(
+            "Stop the edit (Esc)" if running else "Run the edit (Ctrl+Enter)"
+        )
+        if running:
+            self.reset()
+            self.status.setText("Starting…")
+
+    def reset(self) -> None:
+        for row in self.rows.values():
+            row.bar.setRange(0, 1)
+            row.bar.setValue(0)
+            row.note.setText("")
+            row.detail = ""
+        self.preview.clear()
+        self.preview.setVisible(False)
+        self.previews_shown = 0
+
+    def note(self, stage: Stage) -> str:
+        return self.rows[stage].note.text()
+
+    # -- events ------------------------------------------------------------------------------
+
+    def model_loading(self, spec: str) -> None:
+        row = self.rows[Stage.LOAD]
+        row.bar.setRange(0, 0)  # busy: loading reports no steps
+        row.note.setText(f"loading {spec}")
+        self.status.setText("Loading the model (once; it stays in memory)…")
+
+    def model_loaded(self, spec: str, seconds: float) -> None:
+        row = self.rows[Stage.LOAD]
+        row.bar.setRange(0, 1)
+        row.bar.setValue(1)
+        row.note.setText(f"loaded in {format_seconds(seconds)}")
+
+    def stage_started(self, event: StageStarted) -> None:
+        row = self.rows[event.stage]
+        row.started = time.perf_counter()
+        row.total = event.total
+        row.detail = event.detail
+        row.bar.setRange(0, max(event.total, 1))
+        row.bar.setValue(0)
+        row.note.setText(event.detail or (f"0 / {event.total}" if event.total else ""))
+        self.status.setText(f"{STAGE_TITLES[event.stage]}…")
+
+    def step_progress(self, event: StepProgress) -> None:
+        row = self.rows[event.stage]
+        total = event.total or row.total
+        row.bar.setRange(0, max(total, 1))
+        row.bar.setValue(min(event.step, max(total, 1)))
+        elapsed = time.perf_counter() - row.started
+        parts = [f"{event.step} / {total}"]
+        if event.step and total > event.step:
+            parts.append(f"{format_seconds(elapsed / event.step * (total - event.step))} left")
+        if event.loss is not None:
+            parts.append(f"loss {event.loss:.4g}")
+        if row.detail and event.stage == Stage.LORA:
+            parts.insert(0, row.detail)
+        row.note.setText(" · ".join(parts))
+        if event.preview is not None:
+            self.show_preview(event.preview)
+
+    def stage_finished(self, event: StageFinished) -> None:
+        row = self.rows[event.stage]
+        row.bar.setRange(0, 1)
+        row.bar.setValue(1)
+        done = f"done in {format_seconds(event.seconds)}"
+        row.note.setText(f"{row.detail} · {done}" if row.detail else done)
+
+    def show_preview(self, image: object) -> None:
+        qimage = rgb_to_qimage(image)  # type: ignore[arg-type]
+        pixmap = QPixmap.fromImage(qimage).scaledToWidth(
+            PREVIEW_WIDTH, Qt.TransformationMode.SmoothTransformation
+        )
+        self.preview.setPixmap(pixmap)
+        self.preview.setToolTip("Preview of the edit (the predicted clean image)")
+        self.preview.setVisible(True)
+        self.previews_shown += 1

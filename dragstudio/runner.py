@@ -1,0 +1,296 @@
+"""Run engine jobs on one engine thread and hand their events to the asyncio (GUI) thread.
+
+Qt-free so it can be tested against a scripted engine. The engine is created lazily *on* the
+engine thread, so importing this module (and starting the GUI) never imports torch. Every job
+gets an id and a cancel token; events reach the listener on the loop's thread and only while
+their job is the current one, so a cancelled or superseded job can never touch the window.
+Cancelling resolves the awaiting coroutine at once; the engine stops at its next step check
+and the next job simply queues behind it on the one-worker executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backend.errors import Cancelled, DragStudioError, ModelNotFound
+from backend.events import Event
+from backend.request import DragRequest
+
+
+class CancelTokenLike(Protocol):
+    def cancel(self) -> None: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+class EngineLike(Protocol):
+    """What the host needs of :class:`backend.engine.Engine` (a fake stands in for tests)."""
+
+    def load_model(self, spec: str) -> float: ...
+
+    def edit(self, request: DragRequest, on_event: Any, cancel: Any) -> Any: ...
+
+    def forget_lora(self) -> None: ...
+
+    def release_memory(self) -> None: ...
+
+
+EngineFactory = Callable[[], EngineLike]
+TokenFactory = Callable[[], CancelTokenLike]
+Listener = Callable[[int, Event], None]
+
+
+def default_engine_factory(
+    device: str = "auto", lora_cache_dir: str | None = None
+) -> EngineFactory:
+    """Build the real engine with the on-disk LoRA cache (torch is imported here, late)."""
+
+    def make() -> EngineLike:
+        from pathlib import Path
+
+        from backend.engine import Engine
+        from backend.lora_cache import LoraCache
+
+        cache = LoraCache(Path(lora_cache_dir) if lora_cache_dir else None)
+        return Engine(device, lora_cache=cache)
+
+    return make
+
+
+class SimpleToken:
+    """Like :class:`backend.engine.CancelToken` (the engine uses ``check``), minus the torch
+    import, so the GUI thread can make one."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed job, ready for a dialog: what happened, what to try, and the traceback."""
+
+    message: str
+    suggestion: str = ""
+    details: str = ""
+    cancelled: bool = False
+    out_of_memory: bool = False
+    model_missing: bool = False
+
+
+def describe_failure(exc: BaseException) -> Failure:
+    """Turn an exception from the engine thread into words a user can act on."""
+    details = "".join(traceback.format_exception(exc))
+    if isinstance(exc, Cancelled):
+        return Failure("Cancelled.", cancelled=True)
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return Failure(
+            "The GPU ran out of memory.",
+            "Try a smaller working width, fewer LoRA steps, closing other programs that use "
+            "the GPU, or running on the CPU.",
+            details,
+            out_of_memory=True,
+        )
+    if isinstance(exc, ModelNotFound):
+        return Failure(
+            str(exc),
+            "Download the model, or choose a local model folder or checkpoint file.",
+            details,
+            model_missing=True,
+        )
+    if isinstance(exc, DragStudioError):
+        return Failure(str(exc), "Check the points, mask and parameters, then try again.", details)
+    return Failure(
+        f"The edit failed unexpectedly ({name}: {exc}).",
+        "Try a smaller working width or fewer LoRA steps, or switch to the CPU. If it keeps "
+        "happening, please report it with the details below.",
+        details,
+    )
+
+
+@dataclass
+class Outcome:
+    """How a job ended: a value, or a failure (cancelled included)."""
+
+    job_id: int
+    value: Any = None
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class EngineHost:
+    """Owns the engine thread, the engine on it, job ids and cancel tokens."""
+
+    def __init__(
+        self,
+        engine_factory: EngineFactory | None = None,
+        token_factory: TokenFactory = SimpleToken,
+    ) -> None:
+        self._factory = engine_factory or default_engine_factory()
+        self._token_factory = token_factory
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._engine: EngineLike | None = None
+        self._ids = itertools.count(1)
+        self._current: tuple[int, CancelTokenLike, asyncio.Event] | None = None
+        self._pending_engine_work = 0
+        self._pending_lock = threading.Lock()
+        self.loaded_model: str | None = None
+        self.engine_thread: int | None = None
+        """Ident of the thread that owns the engine, once it exists (tests check it)."""
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A job is current (the GUI's view; the engine may still be finishing a cancelled one)."""
+        return self._current is not None
+
+    @property
+    def engine_busy(self) -> bool:
+        """The engine thread still has work, e.g. a cancelled step that has not ended yet."""
+        return self._pending_engine_work > 0
+
+    @property
+    def current_job(self) -> int | None:
+        return self._current[0] if self._current else None
+
+    def cancel(self) -> bool:
+        """Cancel the current job; its awaiter returns at once. False if nothing was running."""
+        if self._current is None:
+            return False
+        _, token, stopped = self._current
+        token.cancel()
+        stopped.set()
+        return True
+
+    def shutdown(self) -> None:
+        """Cancel what runs and let the engine thread end after it (does not block the GUI)."""
+        self.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def _engine_on_thread(self) -> EngineLike:
+        if self._engine is None:
+            self.engine_thread = threading.get_ident()
+            self._engine = self._factory()
+        return self._engine
+
+    async def run_edit(
+        self,
+        request: DragRequest,
+        listener: Listener | None = None,
+        *,
+        retrain_lora: bool = False,
+    ) -> Outcome:
+        """Run one edit; its events go to ``listener(job_id, event)`` on this loop's thread."""
+
+        def work(engine: EngineLike, token: CancelTokenLike, emit: Callable[[Event], None]) -> Any:
+            if retrain_lora:
+                engine.load_model(request.model)
+                engine.forget_lora()
+                cache = getattr(engine, "lora_cache", None)
+                key_for = getattr(engine, "lora_key_for", None)
+                if cache is not None and key_for is not None:
+                    cache.drop(key_for(request))
+            return engine.edit(request, emit, token)
+
+        return await self._submit(work, listener)
+
+    async def load_model(self, spec: str) -> Outcome:
+        """Load ``spec`` on the engine thread (a no-op when it is loaded already)."""
+
+        def work(engine: EngineLike, _token: CancelTokenLike, _emit: Any) -> float:
+            seconds = engine.load_model(spec)
+            self.loaded_model = spec
+            return seconds
+
+        return await self._submit(work, None)
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Outcome:
+        """Run any function on the engine thread (e.g. writing a model): torch stays off the GUI."""
+        return await self._submit(lambda _e, _t, _emit: fn(*args), None, need_engine=False)
+
+    async def _submit(
+        self,
+        work: Callable[[EngineLike, CancelTokenLike, Callable[[Event], None]], Any],
+        listener: Listener | None,
+        *,
+        need_engine: bool = True,
+    ) -> Outcome:
+        loop = asyncio.get_running_loop()
+        if self._current is not None:
+            self.cancel()  # a new job supersedes the current one
+        job_id = next(self._ids)
+        token = self._token_factory()
+        stopped = asyncio.Event()
+        self._current = (job_id, token, stopped)
+
+        def deliver(event: Event) -> None:
+            if listener is not None and self.current_job == job_id and not token.cancelled:
+                listener(job_id, event)
+
+        def emit(event: Event) -> None:  # on the engine thread
+            if not token.cancelled:
+                loop.call_soon_threadsafe(deliver, event)
+
+        def run() -> tuple[Any, Failure | None, float]:
+            start = time.perf_counter()
+            engine: Any = None
+            try:
+                if token.cancelled:
+                    raise Cancelled()
+                engine = self._engine_on_thread() if need_engine else None
+                value = work(engine, token, emit)
+                return value, None, time.perf_counter() - start
+            except BaseException as exc:
+                failure = describe_failure(exc)
+                if engine is not None and not failure.cancelled:
+                    with contextlib.suppress(Exception):
+                        engine.release_memory()
+                return None, failure, time.perf_counter() - start
+            finally:
+                with self._pending_lock:
+                    self._pending_engine_work -= 1
+
+        with self._pending_lock:
+            self._pending_engine_work += 1
+        future: Future[tuple[Any, Failure | None, float]] = self._executor.submit(run)
+        wrapped = asyncio.wrap_future(future, loop=loop)
+        waiter = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({wrapped, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if self.current_job == job_id:
+                self._current = None
+        if not wrapped.done() or token.cancelled:
+            wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))
+        value, failure, seconds = wrapped.result()
+        return Outcome(job_id, value, failure, seconds)
