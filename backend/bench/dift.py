@@ -1,9 +1,9 @@
 """DIFT features (Tang et al. 2023) for DragBench's Mean Distance, written from the protocol.
 
-An image is encoded with the VAE (a posterior sample, scaled), noised to timestep 261 with fresh
-noise for each of 8 copies, run through the UNet with the case's prompt, and the output of
-``unet.up_blocks[1]`` is averaged over the copies. The UNet stops right after that block: the
-rest of the decoder would only be thrown away.
+An image is encoded with the VAE (a posterior sample per copy, scaled), noised to timestep 261
+with fresh noise for each of 8 copies, run through the UNet with the case's prompt, and the
+output of ``unet.up_blocks[1]`` is averaged over the copies. The UNet stops right after that
+block: the rest of the decoder would only be thrown away.
 """
 
 from __future__ import annotations
@@ -98,17 +98,18 @@ class DiftFeaturizer:
         emb = self._embed(prompt).to(unet.dtype)
         t = torch.tensor(self.timestep, dtype=torch.long, device=self.device)
         scale = float(vae.config.scaling_factor)
+        # The encoder is deterministic: encode once, then draw each copy's posterior sample and
+        # noise (all up front, so the batch size does not change which draws a copy gets).
+        dist = vae.encode(x).latent_dist
+        shape = (self.ensemble, *dist.mean.shape[1:])
+        eps, noise = self._randn(shape), self._randn(shape)
+        latents = (dist.mean + dist.std * eps.to(dist.mean.dtype)) * scale
+        noisy = self.pipe.scheduler.add_noise(latents, noise.to(latents.dtype), t.expand(shape[0]))
         total: torch.Tensor | None = None
-        done = 0
-        while done < self.ensemble:
-            n = min(self.batch, self.ensemble - done)
-            dist = vae.encode(x.expand(n, -1, -1, -1)).latent_dist
-            eps = self._randn(tuple(dist.mean.shape))
-            latents = (dist.mean + dist.std * eps.to(dist.mean.dtype)) * scale
-            noise = self._randn(tuple(latents.shape)).to(latents.dtype)
-            noisy = self.pipe.scheduler.add_noise(latents, noise, t.expand(n))
-            ft = self._block_output(noisy.to(unet.dtype), t, emb.expand(n, -1, -1)).float()
-            total = ft.sum(0, keepdim=True) if total is None else total + ft.sum(0, keepdim=True)
-            done += n
+        for i in range(0, self.ensemble, self.batch):
+            chunk = noisy[i : i + self.batch].to(unet.dtype)
+            ft = self._block_output(chunk, t, emb.expand(chunk.shape[0], -1, -1)).float()
+            part = ft.sum(0, keepdim=True)
+            total = part if total is None else total + part
         assert total is not None
         return total / self.ensemble

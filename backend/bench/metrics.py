@@ -33,7 +33,7 @@ def to_source_size(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
 
 
 def _signed(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).float().permute(2, 0, 1)[None] / 127.5 - 1.0
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
 
 
 def lpips_distance(model: LPIPS, source: np.ndarray, edited: np.ndarray) -> float:

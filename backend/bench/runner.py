@@ -119,8 +119,8 @@ def run_edits(
 ) -> dict[str, int]:
     """Edit every unfinished case into ``out``; return counts of edited, skipped and failed.
 
-    A case the engine refuses (e.g. a mask of the wrong size) gets ``failed.json`` with the reason
-    and the loop goes on; it is tried again on the next run.
+    A case that fails (a mask of the wrong size, an engine error) gets ``failed.json`` with the
+    reason and the loop goes on; it is tried again on the next run.
     """
     from backend.document import load_image
     from backend.engine import Engine, save_image
@@ -156,9 +156,8 @@ def run_edits(
             result = engine.edit(request)
         except Cancelled:
             raise
-        except (DragStudioError, torch.OutOfMemoryError) as exc:
-            if isinstance(exc, torch.OutOfMemoryError):
-                engine.release_memory()
+        except Exception as exc:  # one bad case must not end a 205-case run
+            engine.release_memory()
             counts["failed"] += 1
             write_json(case_dir / FAILED_NAME, {"error": f"{type(exc).__name__}: {exc}"})
             log(f"[{n}/{len(cases)}] {case.relpath}: FAILED: {exc}")
