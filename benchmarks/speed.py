@@ -1,0 +1,227 @@
+"""Per-stage seconds and peak memory of one drag edit, for the paper's defaults and each speed
+option, on random-weight SD-1.5-shaped models of three sizes, on CPU and/or GPU.
+
+Random weights time the real code paths without downloading anything: a random UNet never lets
+the handles arrive, so every configuration runs all of its drag iterations (the worst case, and
+the same work each time). Run ``python benchmarks/speed.py --help``; docs/benchmarks.md has the
+latest numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.engine import Engine
+from backend.models import ModelSource
+from backend.request import DragParams, DragRequest, LoraParams, PointPair
+from backend.tiny import SD15_SCHEDULER, _tokenizer, build_tiny_pipeline
+
+
+@dataclass(frozen=True)
+class Option:
+    """A named speed option: overrides of the paper's DragParams and LoraParams."""
+
+    name: str
+    drag: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+
+
+# (a) is first; the engine offers no speed option beyond the defaults yet. Add one per option,
+# e.g. Option("fewer LoRA steps", lora={"steps": 40}).
+OPTIONS: list[Option] = [Option("defaults (paper)")]
+
+UNET_BLOCKS = {
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}
+SIZES: dict[str, dict[str, Any]] = {
+    # SD-1.5's real configuration (UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M parameters).
+    "full": {
+        "unet": {"block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768,
+                 "attention_head_dim": 8, "norm_num_groups": 32},
+        "vae": {"block_out_channels": (128, 256, 512, 512), "norm_num_groups": 32},
+        "clip": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                 "num_attention_heads": 12, "vocab_size": 49408, "hidden_act": "quick_gelu",
+                 "projection_dim": 768},
+    },
+    # Half SD-1.5's widths, half the text encoder's depth.
+    "mid": {
+        "unet": {"block_out_channels": (160, 320, 640, 640), "cross_attention_dim": 512,
+                 "attention_head_dim": 8, "norm_num_groups": 32},
+        "vae": {"block_out_channels": (64, 128, 256, 256), "norm_num_groups": 32},
+        "clip": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 6,
+                 "num_attention_heads": 8, "vocab_size": 49408, "hidden_act": "quick_gelu",
+                 "projection_dim": 512},
+    },
+}  # fmt: skip
+
+
+def build_pipeline(size: str, seed: int = 0) -> Any:
+    """A random-weight pipeline with SD-1.5's block layout; ``tiny`` is backend.tiny's."""
+    if size == "tiny":
+        return build_tiny_pipeline(seed)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = SIZES[size]
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        **UNET_BLOCKS, **cfg["unet"],
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        **cfg["vae"],
+    )  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                       pad_token_id=1, **cfg["clip"])
+    )  # fmt: skip
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=_tokenizer(), unet=unet,
+        scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def adopt(engine: Engine, pipe: Any, name: str) -> None:
+    """Hand an in-memory pipeline to the engine as ``load_pipeline`` would leave it, so that a
+    860M-parameter random model need not be written to disk and read back."""
+    pipe.to(engine.device, engine.dtype)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    pipe.set_progress_bar_config(disable=True)
+    engine._drop_model()
+    engine.pipe, engine.source, engine.model_spec = pipe, ModelSource("memory", name), name
+
+
+def test_image(width: int = 512, height: int = 512) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack(
+        [128 + 100 * np.sin(x / 23) * np.cos(y / 31), 128 + 90 * np.cos(x / 17 + y / 29),
+         128 + 80 * np.sin((x + y) / 41)], -1,
+    )  # fmt: skip
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_request(name: str, option: Option, base: DragParams, lora: LoraParams) -> DragRequest:
+    image = test_image()
+    mask = np.zeros(image.shape[:2], bool)
+    mask[128:384, 128:384] = True
+    return DragRequest(
+        image=image,
+        pairs=(PointPair((200.0, 256.0), (280.0, 256.0)),),
+        mask=mask,
+        prompt="a photo",
+        params=replace(base, **option.drag),
+        lora=replace(lora, **option.lora),
+        model=name,
+    )
+
+
+def measure(engine: Engine, name: str, option: Option, base: DragParams, lora: LoraParams) -> dict:
+    request = make_request(name, option, base, lora)
+    engine.forget_lora()  # every run trains its own LoRA: the cache would hide its cost
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+    result = engine.edit(request)
+    mem = result.trace["memory"]
+    return {
+        "stages": result.trace["stages"],
+        "gpu_peak_gb": mem.get("gpu_peak_gb"),
+        "process_peak_rss_gb": mem.get("process_peak_rss_gb"),
+        "drag_iterations": result.trace["drag_iterations"],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| size | device | option | LoRA s | inversion s | drag s | denoise s | total s "
+            "| × (a) | peak GB | mem × (a) |")  # fmt: skip
+    lines = [head, "|" + "---|" * 11]
+    base: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["size"], r["device"])
+        base.setdefault(key, r)
+        s = r["stages"]
+        peak = r["gpu_peak_gb"] if r["device"].startswith("cuda") else r["process_peak_rss_gb"]
+        b = base[key]
+        b_peak = b["gpu_peak_gb"] if r["device"].startswith("cuda") else b["process_peak_rss_gb"]
+        kind = "" if r["device"].startswith("cuda") else " RSS"
+        cells = [
+            r["size"], r["device"], r["option"],
+            *(f"{s.get(k, 0.0):.2f}" for k in ("lora", "inversion", "drag", "denoise", "total")),
+            f"{s['total'] / b['stages']['total']:.2f}",
+            f"{peak:.2f}{kind}" if peak is not None else "n/a",
+            f"{peak / b_peak:.2f}" if peak and b_peak else "n/a",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="tiny,mid,full", help="comma-separated: tiny, mid, full")
+    p.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda (auto: both "
+                   "where there is a GPU, else cpu)")  # fmt: skip
+    p.add_argument("--lora-steps", type=int, help="LoRA steps (paper: 80)")
+    p.add_argument("--lora-batch", type=int, help="LoRA batch (paper: 4)")
+    p.add_argument("--drag-steps", type=int, help="drag iterations (paper: 80)")
+    p.add_argument("--inference-steps", type=int, help="DDIM steps (paper: 50)")
+    p.add_argument("--working-width", type=int, help="working width (paper: 512)")
+    p.add_argument("--warmup", action="store_true", help="run each model once untimed first")
+    p.add_argument("--json", type=Path, help="also write the rows here")
+    args = p.parse_args(argv)
+
+    over = {"drag_steps": args.drag_steps, "inference_steps": args.inference_steps,
+            "working_width": args.working_width}  # fmt: skip
+    base = replace(DragParams(), **{k: v for k, v in over.items() if v is not None})
+    lora_over = {"steps": args.lora_steps, "batch_size": args.lora_batch}
+    lora = replace(LoraParams(), **{k: v for k, v in lora_over.items() if v is not None})
+    devices = args.devices.split(",")
+    if devices == ["auto"]:
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    print(f"# params: {base}\n# lora: {lora}", file=sys.stderr)
+    rows: list[dict[str, Any]] = []
+    for device in devices:
+        for size in args.sizes.split(","):
+            engine = Engine(device)
+            t0 = time.perf_counter()
+            with torch.device(engine.device):  # initialise big random models on the GPU
+                pipe = build_pipeline(size)
+            adopt(engine, pipe, f"random-{size}")
+            print(f"# built {size} on {device} in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)  # fmt: skip
+            if args.warmup:
+                measure(engine, f"random-{size}", OPTIONS[0], base, lora)
+            for option in OPTIONS:
+                row = measure(engine, f"random-{size}", option, base, lora)
+                row.update(size=size, device=str(engine.device), option=option.name)
+                rows.append(row)
+                print(f"# {size} {device} {option.name}: {row['stages']}", file=sys.stderr)
+            del engine, pipe
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
