@@ -20,6 +20,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("image", nargs="?", help="a photo to open")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="run one short drag on a tiny random model, print each check and exit",
+    )
     # Qt's own options (-platform, -style, ...) pass through to QApplication.
     args, _unknown = parser.parse_known_args(argv)
     return args
@@ -31,6 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.version:
         print(f"DragStudio {__version__}")
         return 0
+    if args.self_test:
+        from dragstudio.selftest import run_self_test
+
+        return run_self_test(argv)
 
     import qasync
     from PySide6.QtCore import QTimer

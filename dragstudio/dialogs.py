@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
 from PySide6.QtWidgets import (
@@ -125,11 +126,14 @@ async def download_with_dialog(parent: QWidget | None, repo_id: str) -> str:
     def report(done: int, total: int) -> None:
         loop.call_soon_threadsafe(dialog.progress, done, total)
 
+    # Its own thread: the engine's must stay free, and qasync's default executor outlives tests.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download")
     try:
         return await loop.run_in_executor(
-            None, download_model, repo_id, report, dialog.cancel_event
+            executor, download_model, repo_id, report, dialog.cancel_event
         )
     finally:
+        executor.shutdown(wait=False)
         dialog.cancel_event.set()
         dialog.close()
         dialog.deleteLater()

@@ -149,7 +149,8 @@ class DragController(QObject):
             if model != request.model:
                 request = replace(request, model=model)
             retrain, self.retrain_next = self.retrain_next, False
-            before = request.image
+            before = self.document.image  # the document's own array: Accept checks identity
+            assert before is not None
             outcome = await self.host.run_edit(request, self._on_event, retrain_lora=retrain)
             if outcome.failure is not None:
                 if retrain:

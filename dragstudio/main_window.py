@@ -82,7 +82,8 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self.drag_ui = DragUI(self, host or EngineHost(default_engine_factory()))
 
-        self.undo_stack.cleanChanged.connect(lambda _clean: self._update_title())
+        # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
+        self.undo_stack.cleanChanged.connect(self._clean_changed)
         self.canvas.zoomChanged.connect(lambda p: self.zoom_label.setText(percent_text(p)))
         self.canvas.cursorMoved.connect(self._show_cursor)
         self.canvas.toolChanged.connect(self._tool_changed)
@@ -447,6 +448,9 @@ class MainWindow(QMainWindow):
             self.actions[name].setEnabled(has_image)
         self.actions["clear_points"].setEnabled(bool(self.document.pairs))
         self.actions["delete_pair"].setEnabled(bool(self.document.pairs))
+
+    def _clean_changed(self, _clean: bool) -> None:
+        self._update_title()
 
     def _update_title(self) -> None:
         path = self.document.path

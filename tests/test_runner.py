@@ -1,0 +1,205 @@
+"""The engine host without Qt, against a scripted fake engine: threads, job ids, cancel, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend.errors import DragStudioError, ModelNotFound
+from backend.events import Finished, Stage, StageFinished, StageStarted, StepProgress
+from backend.request import DragRequest, PointPair
+from dragstudio.runner import EngineHost, describe_failure
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's, which is all describe_failure looks at."""
+
+
+@dataclass
+class Result:
+    image: np.ndarray
+    trace: dict[str, Any]
+
+
+class FakeEngine:
+    """Emits the engine's stages with a delay per step; checks the token at every step."""
+
+    def __init__(self, step_seconds: float = 0.01, fail: BaseException | None = None) -> None:
+        self.step_seconds = step_seconds
+        self.fail = fail
+        self.threads: set[int] = set()
+        self.released = 0
+        self.forgot = 0
+        self.models: list[str] = []
+
+    def load_model(self, spec: str) -> float:
+        self.threads.add(threading.get_ident())
+        if spec == "missing/model":
+            raise ModelNotFound("no such model")
+        self.models.append(spec)
+        return 0.0
+
+    def forget_lora(self) -> None:
+        self.forgot += 1
+
+    def release_memory(self) -> None:
+        self.released += 1
+
+    def edit(self, request: DragRequest, on_event: Any, cancel: Any) -> Result:
+        self.threads.add(threading.get_ident())
+        for stage, steps in ((Stage.LORA, 2), (Stage.INVERSION, 2), (Stage.DRAG, 3)):
+            on_event(StageStarted(stage, steps))
+            for i in range(1, steps + 1):
+                cancel.check()
+                time.sleep(self.step_seconds)
+                if self.fail is not None and stage == Stage.DRAG:
+                    raise self.fail
+                handles = ((10.0 + i, 10.0),) if stage == Stage.DRAG else None
+                on_event(StepProgress(stage, i, steps, handles=handles))
+            on_event(StageFinished(stage, 0.0))
+        image = request.image + 1
+        on_event(Finished(image, {}))
+        return Result(image, {"lora": {"cached": False}})
+
+
+def request() -> DragRequest:
+    image = np.zeros((32, 32, 3), np.uint8)
+    return DragRequest(image, (PointPair((4, 4), (8, 8)),), model="fake")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_events_arrive_in_order_on_the_loop_thread_and_the_engine_stays_on_one_thread() -> None:
+    fake = FakeEngine()
+    host = EngineHost(lambda: fake)
+    seen: list[tuple[object, int]] = []
+
+    async def main() -> Any:
+        loop_thread = threading.get_ident()
+        first = await host.run_edit(
+            request(), lambda _j, e: seen.append((e, threading.get_ident()))
+        )
+        second = await host.run_edit(request())
+        return loop_thread, first, second
+
+    loop_thread, first, second = run(main())
+    assert first.ok and second.ok and first.job_id != second.job_id
+    assert np.all(first.value.image == 1)
+    assert {thread for _, thread in seen} == {loop_thread}
+    assert len(fake.threads) == 1 and loop_thread not in fake.threads
+    assert host.engine_thread in fake.threads
+    stages = [e.stage for e, _ in seen if isinstance(e, StageStarted)]
+    assert stages == [Stage.LORA, Stage.INVERSION, Stage.DRAG]
+    handles = [e.handles for e, _ in seen if isinstance(e, StepProgress) and e.handles]
+    assert [h[0][0] for h in handles] == [11.0, 12.0, 13.0]
+    host.shutdown()
+
+
+def test_cancel_returns_at_once_drops_later_events_and_the_next_job_still_runs() -> None:
+    fake = FakeEngine(step_seconds=0.4)
+    host = EngineHost(lambda: fake)
+    seen: list[object] = []
+
+    async def main() -> Any:
+        cancelled_at: list[float] = []
+
+        def listen(_job: int, event: object) -> None:
+            seen.append(event)
+            if isinstance(event, StageStarted) and event.stage == Stage.INVERSION:
+                cancelled_at.append(time.perf_counter())
+                host.cancel()
+
+        outcome = await host.run_edit(request(), listen)
+        waited = time.perf_counter() - cancelled_at[0]
+        assert host.engine_busy  # the engine is still inside its 0.4 s step
+        after = await host.run_edit(request())
+        return outcome, waited, after
+
+    outcome, waited, after = run(main())
+    assert outcome.failure is not None and outcome.failure.cancelled
+    # Returned long before the engine could finish its step (0.4 s) let alone the edit.
+    assert waited < 0.35
+    assert not any(isinstance(e, StageStarted) and e.stage == Stage.DRAG for e in seen)
+    assert after.ok
+    host.shutdown()
+
+
+def test_a_new_job_supersedes_the_running_one_and_its_events_are_ignored() -> None:
+    fake = FakeEngine(step_seconds=0.05)
+    host = EngineHost(lambda: fake)
+    first_events: list[object] = []
+
+    async def main() -> Any:
+        first = asyncio.ensure_future(
+            host.run_edit(request(), lambda _j, e: first_events.append(e))
+        )
+        while not first_events:
+            await asyncio.sleep(0.01)
+        second = await host.run_edit(request())
+        return await first, second
+
+    first, second = run(main())
+    assert first.failure is not None and first.failure.cancelled
+    assert second.ok
+    assert not any(isinstance(e, Finished) for e in first_events)
+    host.shutdown()
+
+
+def test_failures_become_readable_and_memory_is_released() -> None:
+    fake = FakeEngine(fail=OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    host = EngineHost(lambda: fake)
+    outcome = run(host.run_edit(request()))
+    failure = outcome.failure
+    assert failure is not None and failure.out_of_memory and not failure.cancelled
+    assert "smaller working width" in failure.suggestion and "CPU" in failure.suggestion
+    assert "Traceback" in failure.details
+    assert fake.released == 1
+    host.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (DragStudioError("no point pairs"), "no point pairs"),
+        (ValueError("shapes do not match"), "unexpectedly (ValueError"),
+        (ModelNotFound("model not found: x"), "model not found"),
+    ],
+)
+def test_describe_failure(exc: BaseException, words: str) -> None:
+    failure = describe_failure(exc)
+    assert words in failure.message and failure.suggestion
+    assert failure.model_missing == isinstance(exc, ModelNotFound)
+
+
+def test_missing_model_and_retrain_reach_the_engine_thread() -> None:
+    fake = FakeEngine()
+    host = EngineHost(lambda: fake)
+
+    async def main() -> Any:
+        missing = await host.load_model("missing/model")
+        loaded = await host.load_model("fake")
+        edited = await host.run_edit(request(), retrain_lora=True)
+        return missing, loaded, edited
+
+    missing, loaded, edited = run(main())
+    assert missing.failure is not None and missing.failure.model_missing
+    assert host.loaded_model == "fake" and loaded.ok
+    assert edited.ok and fake.forgot == 1
+    host.shutdown()
+
+
+def test_creating_the_host_does_not_create_the_engine() -> None:
+    made: list[int] = []
+    host = EngineHost(lambda: made.append(1) or FakeEngine())  # type: ignore[func-returns-value]
+    assert made == [] and host.engine_thread is None
+    run(host.call(lambda: 42))
+    assert made == []  # plain calls need no engine
+    host.shutdown()
