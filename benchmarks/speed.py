@@ -184,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-steps", type=int, help="LoRA steps (paper: 80)")
     p.add_argument("--lora-batch", type=int, help="LoRA batch (paper: 4)")
     p.add_argument("--drag-steps", type=int, help="drag iterations (paper: 80)")
-    p.add_argument("--inference-steps", type=int, help="DDIM steps (paper: 50)")
+    p.add_argument("--ddim-steps", type=int, help="DDIM steps (paper: 50)")
     p.add_argument("--working-width", type=int, help="working width (paper: 512)")
     p.add_argument("--warmup", action="store_true", help="run each model once untimed first")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
-    over = {"drag_steps": args.drag_steps, "inference_steps": args.inference_steps,
+    over = {"drag_steps": args.drag_steps, "inference_steps": args.ddim_steps,
             "working_width": args.working_width}  # fmt: skip
     base = replace(DragParams(), **{k: v for k, v in over.items() if v is not None})
     lora_over = {"steps": args.lora_steps, "batch_size": args.lora_batch}

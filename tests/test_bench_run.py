@@ -16,7 +16,7 @@ from backend.cli import main
 from backend.errors import InvalidRequest
 
 FAST = [
-    "--lora-steps", "0", "--drag-steps", "2", "--inference-steps", "4",
+    "--lora-steps", "0", "--drag-steps", "2", "--ddim-steps", "4",
     "--working-width", "128", "--device", "cpu", "--quiet",
 ]  # fmt: skip
 

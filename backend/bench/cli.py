@@ -54,7 +54,7 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
     bench.add_argument("--lora-steps", type=int, help="LoRA fine-tuning steps (80)")
     bench.add_argument("--lora-batch", type=int, help="LoRA batch size (4)")
     bench.add_argument("--drag-steps", type=int, help="latent optimisation iterations (80)")
-    bench.add_argument("--inference-steps", type=int, help="DDIM steps (50)")
+    bench.add_argument("--ddim-steps", type=int, help="DDIM schedule length (50)")
     bench.add_argument("--working-width", type=int, help="width the model works at (512)")
     bench.add_argument(
         "--keep-pixels",
@@ -110,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     params = bench_params(
         keep_pixels=args.keep_pixels,
         drag_steps=args.drag_steps,
-        inference_steps=args.inference_steps,
+        inference_steps=args.ddim_steps,
         working_width=args.working_width,
     )
     params.validate()
