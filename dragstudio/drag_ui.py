@@ -44,7 +44,7 @@ class DragUI:
         self.progress = ProgressPanel()
         self.result_bar = ResultBar()
         window.progress_slot.addWidget(self.progress)
-        window.progress_slot.addWidget(self.result_bar)
+        self.progress.add_below_button(self.result_bar)  # Accept stays in view above the bars
         self.results = ResultsHistory(window.document)
         self.results_dock = window._dock("Results", "resultsDock", self.results)
         window.tabifyDockWidget(window.history_dock, self.results_dock)

@@ -89,13 +89,16 @@ class ProgressPanel(QWidget):
         self.preview.setVisible(False)
         self.previews_shown = 0
 
-        layout = QVBoxLayout(self)
+        self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
         layout.addWidget(self.drag_button)
         layout.addWidget(self.status)
         layout.addLayout(grid)
         layout.addWidget(self.preview)
+
+    def add_below_button(self, widget: QWidget) -> None:
+        self._layout.insertWidget(1, widget)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -137,6 +140,8 @@ class ProgressPanel(QWidget):
 
     def stage_started(self, event: StageStarted) -> None:
         row = self.rows[event.stage]
+        if event.stage == Stage.LOAD and row.note.text().startswith("loaded in"):
+            return  # the background load already reported; the engine's own check is instant
         row.started = time.perf_counter()
         row.total = event.total
         row.detail = event.detail
@@ -164,6 +169,8 @@ class ProgressPanel(QWidget):
 
     def stage_finished(self, event: StageFinished) -> None:
         row = self.rows[event.stage]
+        if event.stage == Stage.LOAD and row.note.text().startswith("loaded in"):
+            return  # the background load already said how long it took
         row.bar.setRange(0, 1)
         row.bar.setValue(1)
         done = f"done in {format_seconds(event.seconds)}"
