@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), diffusers folder or "
         ".safetensors checkpoint",
     )
+    edit.add_argument(
+        "--model-config",
+        metavar="DIR_OR_ID",
+        help="for a .safetensors --model: diffusers folder or hub id of its base model, whose "
+        "configs and tokenizer it uses (default: stable-diffusion-v1-5/stable-diffusion-v1-5)",
+    )
     src = edit.add_mutually_exclusive_group(required=True)
     src.add_argument("--case", type=Path, help="a DragBench case folder")
     src.add_argument("--image", type=Path, help="the image to edit")
@@ -236,7 +242,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
     cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
-    engine = Engine(args.device, lora_cache=cache)
+    engine = Engine(args.device, lora_cache=cache, single_file_config=args.model_config)
     result = engine.edit(request, _Printer(args.quiet))
     save_image(result.image, out)
     if args.trace is not None:

@@ -112,11 +112,14 @@ class Engine:
         dtype: torch.dtype | None = None,
         lora_cache: LoraCache | None = None,
         allow_download: bool = True,
+        single_file_config: str | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.lora_cache = lora_cache
         self.allow_download = allow_download
+        # Configs + tokenizer for .safetensors checkpoints (diffusers folder or hub id; SD-1.5's).
+        self.single_file_config = single_file_config
         self.pipe: Any = None
         self.source: ModelSource | None = None
         self.model_spec: str | None = None
@@ -140,13 +143,21 @@ class Engine:
         self._drop_model()
         try:
             pipe, source = load_pipeline(
-                spec, self.device, self.dtype, allow_download=self.allow_download
+                spec,
+                self.device,
+                self.dtype,
+                allow_download=self.allow_download,
+                single_file_config=self.single_file_config,
             )
         except BaseException:
             if previous is not None:
                 with contextlib.suppress(Exception):
                     self.pipe, self.source = load_pipeline(
-                        previous, self.device, self.dtype, allow_download=False
+                        previous,
+                        self.device,
+                        self.dtype,
+                        allow_download=False,
+                        single_file_config=self.single_file_config,
                     )
                     self.model_spec = previous
             raise
