@@ -18,6 +18,10 @@ from backend.errors import DragStudioError, ModelNotFound
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Where a single-file SD-1.5 fine-tune takes its configs and tokenizer from, unless told otherwise.
+DEFAULT_SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# What diffusers fetches of a config repo for from_single_file: configs and tokenizer, no weights.
+_CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -96,6 +100,46 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def resolve_single_file_config(
+    checkpoint: str, config: str | None = None, *, allow_download: bool = True
+) -> str:
+    """Return the local diffusers folder whose configs and tokenizer go with ``checkpoint``.
+
+    A single ``.safetensors`` holds weights only; layer sizes, scheduler and tokenizer come from a
+    diffusers model of the same base (SD-1.5 by default). This is resolved here, cache first,
+    because diffusers' ``from_single_file`` quietly goes online when ``local_files_only`` finds
+    nothing cached, and fails with a network error instead of saying what to pass.
+    """
+    spec = (config or DEFAULT_SINGLE_FILE_CONFIG).strip()
+    try:
+        source = resolve_source(spec)
+    except ModelNotFound as exc:
+        raise ModelNotFound(f"model config: {exc}") from exc
+    if source.kind == "folder":
+        return source.location
+    if source.kind != "hub":
+        raise ModelNotFound(
+            f"model config {spec!r} is a file; pass a diffusers folder or the base model's hub id"
+        )
+    from huggingface_hub import snapshot_download
+
+    offline = not allow_download or _hub_offline()
+    try:
+        return str(
+            snapshot_download(spec, allow_patterns=_CONFIG_PATTERNS, local_files_only=offline)
+        )
+    except Exception as exc:
+        where = "not in the Hugging Face cache" + (
+            " and downloads are off" if offline else " and could not be downloaded"
+        )
+        raise ModelNotFound(
+            f"{Path(checkpoint).name} holds weights only; its configs and tokenizer come from "
+            f"'{spec}', which is {where}. Pass --model-config with a local diffusers folder of "
+            f"the same base model, or fetch the configs once with `hf download {spec} "
+            "--include '*.json' '*.txt'`"
+        ) from exc
+
+
 def load_pipeline(
     spec: str,
     device: torch.device,
@@ -107,7 +151,9 @@ def load_pipeline(
     """Load ``spec`` onto ``device``; raise :class:`ModelNotFound` with a helpful message.
 
     Hub ids are looked up in the local Hugging Face cache first; a download is tried only when
-    ``allow_download`` and the hub is not forced offline.
+    ``allow_download`` and the hub is not forced offline. A single checkpoint file takes its
+    configs and tokenizer from ``single_file_config`` (a diffusers folder or hub id; SD-1.5's by
+    default), see :func:`resolve_single_file_config`.
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -124,11 +170,11 @@ def load_pipeline(
                 source.location, local_files_only=True, **common
             )
         elif source.kind == "file":
-            kwargs: dict[str, Any] = dict(common)
-            if single_file_config:
-                kwargs["config"] = single_file_config
+            config = resolve_single_file_config(
+                source.location, single_file_config, allow_download=allow_download
+            )
             pipe = StableDiffusionPipeline.from_single_file(
-                source.location, local_files_only=not allow_download or _hub_offline(), **kwargs
+                source.location, config=config, local_files_only=True, **common
             )
         else:
             try:
@@ -148,11 +194,15 @@ def load_pipeline(
             "hub": f"'{source.location}' in the Hugging Face cache or on the hub",
         }[source.kind]
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelNotFound(
-            f"could not load {what}: {reason[:300]}. Download it with `huggingface-cli download "
+        hint = (
+            "Is it a Stable Diffusion 1.x checkpoint? Pass --model-config with the diffusers "
+            "folder of its base model"
+            if source.kind == "file"
+            else f"Download it with `hf download "
             f"{source.location if source.kind == 'hub' else 'OWNER/NAME'}`, or pass a local "
             "diffusers folder or .safetensors file with --model"
-        ) from exc
+        )
+        raise ModelNotFound(f"could not load {what}: {reason[:300]}. {hint}") from exc
 
     # DragDiffusion works with DDIM whatever scheduler the checkpoint shipped with; keep the
     # checkpoint's betas and prediction type, force SD-1.5's DDIM conventions.
