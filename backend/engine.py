@@ -164,6 +164,18 @@ class Engine:
         self.pipe, self.source, self.model_spec = pipe, source, spec
         return time.perf_counter() - start
 
+    def adopt_pipeline(self, pipe: Any, name: str) -> None:
+        """Use an already built pipeline (benchmarks build random full-size models in memory)."""
+        self._drop_model()
+        pipe.to(self.device, self.dtype)
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        self.source = ModelSource("memory", name)
+        self.model_spec = name
+
     def _drop_model(self) -> None:
         import gc
 
@@ -282,8 +294,8 @@ class Engine:
         pairs = request.pairs
         handles_img = np.array([p.handle for p in pairs], dtype=np.float64)
         targets_img = np.array([p.target for p in pairs], dtype=np.float64)
-        handles_f = np.round(imaging.image_to_feature(handles_img, image_size, feature_hw))
-        targets_f = np.round(imaging.image_to_feature(targets_img, image_size, feature_hw))
+        handles_f = imaging.feature_grid_points(handles_img, image_size, feature_hw)
+        targets_f = imaging.feature_grid_points(targets_img, image_size, feature_hw)
         mask = request.editable_mask
         keep = None
         if mask is not None:

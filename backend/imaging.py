@@ -41,6 +41,19 @@ def image_to_feature(
     return points * np.array([fw / w, fh / h], dtype=np.float64)
 
 
+def feature_grid_points(
+    points: np.ndarray, image_size: tuple[int, int], feature_size: tuple[int, int]
+) -> np.ndarray:
+    """Image pixels → the nearest feature-map grid points, inside the map.
+
+    Rounding alone would send the last image column (``x = W - 1``) one past the last feature
+    column, since ``(W - 1)·W_f/W`` can round up to ``W_f``.
+    """
+    fh, fw = feature_size
+    grid = np.round(image_to_feature(points, image_size, feature_size))
+    return np.clip(grid, 0, [fw - 1, fh - 1])
+
+
 def feature_to_image(
     points: np.ndarray, image_size: tuple[int, int], feature_size: tuple[int, int]
 ) -> np.ndarray:

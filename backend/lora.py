@@ -28,7 +28,6 @@ from backend.request import LoraParams, params_to_dict
 
 ADAPTER = "dragstudio"
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
-TRAIN_RESOLUTION = 512
 
 
 def lora_config(params: LoraParams) -> Any:
@@ -98,6 +97,30 @@ def save_lora(path: Path, state: dict[str, torch.Tensor], params: LoraParams, ke
     save_file(state, str(path), metadata=metadata)
 
 
+def lora_to_bytes(state: dict[str, torch.Tensor], params: LoraParams, key: str) -> bytes:
+    """The bytes :func:`save_lora` would write (projects bundle LoRAs this way)."""
+    from safetensors.torch import save
+
+    metadata = {
+        "format": "dragstudio-lora",
+        "params": json.dumps(params_to_dict(params)),
+        "key": key,
+        "target_modules": json.dumps(list(TARGET_MODULES)),
+    }
+    return save(state, metadata=metadata)
+
+
+def lora_from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
+    """Read what :func:`lora_to_bytes` made (safetensors: no code runs on load)."""
+    import tempfile
+
+    # safe_open wants a file; a private temporary one keeps memory use to one copy.
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(data)
+        f.flush()
+        return read_lora(Path(f.name))
+
+
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
     """Read a LoRA written by :func:`save_lora` (safetensors: no code runs on load)."""
     from safetensors import safe_open
@@ -128,20 +151,28 @@ def lora_key(image: np.ndarray, model_identity: str, prompt: str, params: LoraPa
     return h.hexdigest()
 
 
-def training_image(image: np.ndarray) -> Image.Image:
-    """The image resized so its short side is 512 (bilinear), as the authors train on."""
+def training_image(image: np.ndarray, resolution: int = 512) -> Image.Image:
+    """The image resized so its short side is ``resolution`` (bilinear), as the authors do."""
     pil = Image.fromarray(image)
     w, h = pil.size
-    scale = TRAIN_RESOLUTION / min(w, h)
-    size = (max(TRAIN_RESOLUTION, round(w * scale)), max(TRAIN_RESOLUTION, round(h * scale)))
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
     return pil.resize(size, Image.BILINEAR) if size != (w, h) else pil
 
 
 class CropEncoder:
-    """Encodes 512² crops of one image with the VAE, each distinct crop only once."""
+    """Encodes square crops of one image with the VAE, each distinct crop only once."""
 
-    def __init__(self, vae: Any, image: Image.Image, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        vae: Any,
+        image: Image.Image,
+        device: torch.device,
+        dtype: torch.dtype,
+        crop: int = 512,
+    ):
         self.vae = vae
+        self.crop = crop
         arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
         self.pixels = arr.permute(2, 0, 1).unsqueeze(0)  # (1, 3, H, W) on CPU
         self.device, self.dtype = device, dtype
@@ -151,14 +182,14 @@ class CropEncoder:
     @property
     def max_offset(self) -> tuple[int, int]:
         _, _, h, w = self.pixels.shape
-        return w - TRAIN_RESOLUTION, h - TRAIN_RESOLUTION
+        return w - self.crop, h - self.crop
 
     @torch.no_grad()
     def posterior(self, offsets: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return stacked ``(mean, std)`` of the VAE posterior for the crops at ``offsets``."""
         missing = [o for o in dict.fromkeys(offsets) if o not in self.cache]
         if missing:
-            s = TRAIN_RESOLUTION
+            s = self.crop
             crops = torch.cat([self.pixels[:, :, y : y + s, x : x + s] for x, y in missing])
             dist = self.vae.encode(crops.to(self.device, self.dtype)).latent_dist
             self.encodes += len(missing)
@@ -189,7 +220,9 @@ def train_lora(
         trainable, lr=params.learning_rate, weight_decay=params.weight_decay
     )
     gen = torch.Generator().manual_seed(params.seed)
-    encoder = CropEncoder(vae, training_image(image), device, vae.dtype)
+    encoder = CropEncoder(
+        vae, training_image(image, params.resolution), device, vae.dtype, params.resolution
+    )
     max_x, max_y = encoder.max_offset
     scaling = float(vae.config.scaling_factor)
     train_steps = int(schedule.alphas_cumprod.shape[0])

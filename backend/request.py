@@ -52,6 +52,8 @@ class LoraParams:
     learning_rate: float = 5e-4
     weight_decay: float = 1e-2
     batch_size: int = 4
+    resolution: int = 512
+    """Side of the square crops it trains on, after resizing the short side to this."""
     seed: int = 0
 
     def validate(self) -> None:
@@ -61,6 +63,8 @@ class LoraParams:
         _check_range("LoRA learning rate", self.learning_rate, 1e-8, 1.0)
         _check_range("LoRA weight decay", self.weight_decay, 0.0, 1.0)
         _check_range("LoRA batch size", self.batch_size, 1, 64, integer=True)
+        _check_range("LoRA resolution", self.resolution, 64, 2048, integer=True)
+        _check(self.resolution % 8 == 0, "LoRA resolution must be a multiple of 8")
         _check_range("LoRA seed", self.seed, 0, 2**63 - 1, integer=True)
 
 

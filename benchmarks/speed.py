@@ -23,7 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine
-from backend.models import ModelSource
 from backend.request import DragParams, DragRequest, LoraParams, PointPair
 from backend.tiny import SD15_SCHEDULER, _tokenizer, build_tiny_pipeline
 
@@ -99,18 +98,6 @@ def build_pipeline(size: str, seed: int = 0) -> Any:
         scheduler=DDIMScheduler(**SD15_SCHEDULER), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )  # fmt: skip
-
-
-def adopt(engine: Engine, pipe: Any, name: str) -> None:
-    """Hand an in-memory pipeline to the engine as ``load_pipeline`` would leave it, so that a
-    860M-parameter random model need not be written to disk and read back."""
-    pipe.to(engine.device, engine.dtype)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-    pipe.set_progress_bar_config(disable=True)
-    engine._drop_model()
-    engine.pipe, engine.source, engine.model_spec = pipe, ModelSource("memory", name), name
 
 
 def test_image(width: int = 512, height: int = 512) -> np.ndarray:
@@ -206,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with torch.device(engine.device):  # initialise big random models on the GPU
                 pipe = build_pipeline(size)
-            adopt(engine, pipe, f"random-{size}")
+            engine.adopt_pipeline(pipe, f"random-{size}")
             print(f"# built {size} on {device} in {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr)  # fmt: skip
             if args.warmup:

@@ -69,7 +69,7 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
     w.undo_stack.push(EditMask(doc, edit, "Fill mask", applied=False))  # type: ignore[attr-defined]
     doc.set_params(
         replace(doc.params, working_width=128, inference_steps=10, drag_steps=6, preview_every=0),
-        LoraParams(steps=1, batch_size=1, rank=4),
+        LoraParams(steps=1, batch_size=1, rank=4, resolution=128),
     )
     checks.check("points and mask placed", bool(doc.complete_pairs) and bool(doc.mask.any()))
 

@@ -83,7 +83,7 @@ def prepare(w: Any, case: Any, model: Path, *, seed: int = 0) -> None:
     doc = w.document
     doc.set_params(
         replace(doc.params, working_width=128, inference_steps=6, drag_steps=3),
-        LoraParams(steps=1, batch_size=1, rank=4, seed=seed),
+        LoraParams(steps=1, batch_size=1, rank=4, seed=seed, resolution=128),
     )
     w.model_picker.choose(str(model))
 

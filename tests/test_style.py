@@ -1,0 +1,41 @@
+"""Lint, format and the import contract (backend never imports Qt) are part of the test run."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is installed by the test extra")
+def test_ruff_lint_and_format_are_clean() -> None:
+    lint = _run("ruff", "check", ".")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = _run("ruff", "format", "--check", ".")
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_backend_never_imports_qt() -> None:
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    result = _run(exe, "--no-cache")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "KEPT" in result.stdout
+
+
+def test_importing_the_whole_engine_loads_no_qt() -> None:
+    code = (
+        "import sys, backend.engine, backend.cli, backend.bench.runner, backend.document;"
+        "bad=[m for m in sys.modules if m.startswith(('PySide6','shiboken6','qasync'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = _run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
