@@ -67,9 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument(
         "--model",
-        required=True,
         help="hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), diffusers folder or "
-        ".safetensors checkpoint",
+        ".safetensors checkpoint (optional with --project, which names one)",
     )
     edit.add_argument(
         "--model-config",
@@ -80,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = edit.add_mutually_exclusive_group(required=True)
     src.add_argument("--case", type=Path, help="a DragBench case folder")
     src.add_argument("--image", type=Path, help="the image to edit")
+    src.add_argument(
+        "--project",
+        type=Path,
+        help="continue a .dragstudio project (its bundled LoRA is reused when it fits)",
+    )
     edit.add_argument(
         "--pair",
         type=_pair,
@@ -109,10 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--no-lora-cache", action="store_true", help="do not read or write it")
     edit.add_argument("--out", type=Path, required=True, help="where to write the edited image")
     edit.add_argument("--trace", type=Path, help="write a JSON trace of the run here")
+    edit.add_argument(
+        "--save-project",
+        type=Path,
+        metavar="OUT.dragstudio",
+        help="save the session (photo, result, points, parameters, trained LoRA) as a project",
+    )
     edit.add_argument("--quiet", action="store_true", help="print nothing but errors")
     from backend.bench.cli import add_bench_commands  # bench, bench-metrics
 
     COMMANDS.update(add_bench_commands(sub))
+    from backend.project_cli import add_project_command  # project info
+
+    COMMANDS.update(add_project_command(sub))
     return parser
 
 
@@ -235,16 +248,41 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from backend.engine import Engine, save_image
     from backend.lora_cache import LoraCache
 
-    request = _build_request(args)
+    project = None
+    if args.project is not None:
+        from backend.project import read_project
+        from backend.project_cli import request_from_project
+
+        project = read_project(args.project)
+        request = request_from_project(args, project)
+    elif args.model is None:
+        raise InvalidRequest("give --model (or --project, which names one)")
+    else:
+        request = _build_request(args)
     out: Path = args.out
     if not out.parent.exists():
         raise InvalidRequest(f"the folder {out.parent} does not exist")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
+    if args.save_project is not None and not args.save_project.parent.is_dir():
+        raise InvalidRequest(f"the folder {args.save_project.parent} does not exist")
     cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
     engine = Engine(args.device, lora_cache=cache, single_file_config=args.model_config)
+    bundled = None
+    if project is not None:
+        from backend.project_cli import install_bundled_lora
+
+        bundled = install_bundled_lora(engine, project, request)
+        if bundled.get("why") and not args.quiet:
+            print(f"retraining the project's LoRA: {bundled['why']}", file=sys.stderr)
     result = engine.edit(request, _Printer(args.quiet))
+    if bundled is not None:
+        result.trace["project_lora"] = bundled
     save_image(result.image, out)
+    if args.save_project is not None:
+        from backend.project_cli import project_after_edit, save
+
+        save(args.save_project, project_after_edit(request, result, engine, project), args.quiet)
     if args.trace is not None:
         args.trace.write_text(json.dumps(result.trace, indent=1) + "\n")
     if not args.quiet:

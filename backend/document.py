@@ -376,6 +376,17 @@ class Document:
         self.history.append(entry)
         self._swap_image(entry.after, [])
 
+    def restore(
+        self, original: np.ndarray, history: Sequence[HistoryEntry], path: str | Path | None = None
+    ) -> None:
+        """Reopen a saved session: the photo, then its accepted results in order."""
+        self.set_image(original, path)
+        if history:
+            if any(e.after.shape != original.shape for e in history):
+                raise InvalidRequest("a saved result does not fit the photo")
+            self.history = list(history)
+            self._swap_image(history[-1].after, [])
+
     def undo_accept(self) -> HistoryEntry:
         """Take the last accepted result back: the image and points it replaced return."""
         entry = self.history.pop()

@@ -1,0 +1,722 @@
+"""Project files (``.dragstudio``): one zip with everything a session made, read as hostile.
+
+The format is described in ``docs/project-format.md``. Writing goes to a temporary file in the
+target's folder, is flushed and synced, then renamed over the target, so a crash or a full disk
+leaves the previous file whole. Reading never extracts anything: members come from a fixed
+allow-list, sizes are bounded from the central directory *and* while decompressing, images are
+decoded by Pillow after their dimensions are checked, and every manifest field is validated. Any
+problem is a :class:`ProjectError` naming it. No torch here: the LoRA travels as the bytes of its
+safetensors file, checked by parsing the header (plain JSON), so the GUI thread can read projects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import struct
+import tempfile
+import time
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from backend import __version__
+from backend.document import Document, HistoryEntry, Pair
+from backend.errors import DragStudioError, InvalidRequest
+from backend.request import (
+    DragParams,
+    DragRequest,
+    LoraParams,
+    PointPair,
+    params_from_dict,
+    params_to_dict,
+)
+
+FORMAT = "dragstudio-project"
+FORMAT_VERSION = 1
+SUFFIX = ".dragstudio"
+
+MANIFEST = "manifest.json"
+IMAGE = "image.png"
+MASK = "mask.png"
+LORA = "lora/adapter.safetensors"
+_RESULT = re.compile(r"^results/(\d{4})\.png$")
+
+MAX_FILE_BYTES = 4 * 2**30
+MAX_MANIFEST_BYTES = 1 * 2**20
+MAX_PNG_BYTES = 512 * 2**20
+MAX_LORA_BYTES = 1 * 2**30
+MAX_TOTAL_BYTES = 4 * 2**30
+"""Sum of uncompressed member sizes (as declared and as actually read)."""
+MAX_HISTORY = 500
+MAX_PAIRS = 1000
+MAX_SIDE = 16384
+MAX_PIXELS = 100_000_000
+"""Per image. Every history result has the photo's size, so decoded bytes are also bounded by
+``MAX_DECODED_BYTES`` across the whole project."""
+MAX_DECODED_BYTES = 3 * 2**30
+MAX_TEXT = 2000
+
+
+class ProjectError(DragStudioError):
+    """The project cannot be read or written; the message says which part and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-memory project
+
+
+def sha256_pixels(image: np.ndarray) -> str:
+    h = hashlib.sha256(f"{image.shape}|{image.dtype}".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class BundledLora:
+    """A trained identity LoRA: its cache key, parameters, safetensors bytes and what it fits.
+
+    ``data`` is the file :func:`backend.lora.save_lora` writes (the LoRA cache's entry format),
+    so it can go straight into the cache or through ``safetensors`` into the engine.
+    """
+
+    key: str
+    params: LoraParams
+    data: bytes
+    image_sha256: str
+    prompt: str
+    model: str
+
+    def mismatch(self, request: DragRequest) -> str | None:
+        """Why this LoRA cannot serve ``request`` (None when nothing visible differs)."""
+        reasons = []
+        if sha256_pixels(request.identity_image) != self.image_sha256:
+            reasons.append("the image differs from the one it was trained on")
+        if request.prompt != self.prompt:
+            reasons.append("the prompt changed")
+        if request.lora != self.params:
+            reasons.append("the LoRA parameters changed")
+        if request.model != self.model:
+            reasons.append(f"the model changed (it was trained on {self.model})")
+        return "; ".join(reasons) or None
+
+
+@dataclass(frozen=True, eq=False)
+class Project:
+    """A saved session: the photo, its mask and points, settings, accepted results and LoRA."""
+
+    original: np.ndarray
+    mask: np.ndarray | None
+    pairs: tuple[Pair, ...]
+    prompt: str
+    params: DragParams
+    lora_params: LoraParams
+    model: str
+    history: tuple[HistoryEntry, ...] = ()
+    lora: BundledLora | None = None
+    format_version: int = FORMAT_VERSION
+    app_version: str = __version__
+
+    @property
+    def image(self) -> np.ndarray:
+        """The image to drag next: the last accepted result, or the photo."""
+        return self.history[-1].after if self.history else self.original
+
+    def to_request(self) -> DragRequest:
+        """The edit the project describes (complete pairs; the LoRA learns the photo)."""
+        lora_image = self.original if self.history else None
+        return DragRequest(
+            image=self.image,
+            pairs=tuple(PointPair(p.handle, p.target) for p in self.pairs if p.target),
+            mask=self.mask,
+            prompt=self.prompt,
+            params=self.params,
+            lora=self.lora_params,
+            model=self.model,
+            lora_image=lora_image,
+        )
+
+    @classmethod
+    def from_document(cls, doc: Document, lora: BundledLora | None = None) -> Project:
+        if doc.original is None or doc.image is None:
+            raise ProjectError("there is no image to save")
+        return cls(
+            original=doc.original,
+            mask=None if doc.mask is None else doc.mask.copy(),
+            pairs=doc.pairs,
+            prompt=doc.prompt,
+            params=doc.params,
+            lora_params=doc.lora,
+            model=doc.model,
+            history=tuple(doc.history),
+            lora=lora,
+        )
+
+    def apply(self, doc: Document, path: str | Path | None = None) -> None:
+        """Make ``doc`` this project (the GUI validates by reading first, so this cannot fail)."""
+        doc.restore(self.original, self.history, path)
+        if self.mask is not None:
+            doc.set_mask(self.mask)
+        doc.set_pairs(self.pairs)
+        doc.set_prompt(self.prompt)
+        doc.set_params(self.params, self.lora_params)
+        doc.set_model(self.model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _png(image: np.ndarray, compress_level: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def _pairs_json(pairs: tuple[Pair, ...]) -> list[dict[str, Any]]:
+    return [
+        {"handle": list(p.handle), "target": None if p.target is None else list(p.target)}
+        for p in pairs
+    ]
+
+
+def _entry_json(n: int, e: HistoryEntry) -> dict[str, Any]:
+    return {
+        "result": f"results/{n:04d}.png",
+        "pairs": _pairs_json(e.pairs),
+        "prompt": e.prompt,
+        "params": params_to_dict(e.params),
+        "lora_params": params_to_dict(e.lora),
+        "model": e.model,
+        "seconds": float(e.seconds),
+        "lora_reused": bool(e.lora_reused),
+        "final_handles": [list(h) for h in e.final_handles],
+    }
+
+
+def manifest_of(project: Project) -> dict[str, Any]:
+    h, w = project.original.shape[:2]
+    lora = project.lora
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "app_version": __version__,
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "image": {"file": IMAGE, "width": int(w), "height": int(h)},
+        "mask": MASK if project.mask is not None else None,
+        "pairs": _pairs_json(project.pairs),
+        "prompt": project.prompt,
+        "params": params_to_dict(project.params),
+        "lora_params": params_to_dict(project.lora_params),
+        "model": project.model,
+        "history": [_entry_json(n, e) for n, e in enumerate(project.history, 1)],
+        "lora": None
+        if lora is None
+        else {
+            "file": LORA,
+            "key": lora.key,
+            "params": params_to_dict(lora.params),
+            "image_sha256": lora.image_sha256,
+            "prompt": lora.prompt,
+            "model": lora.model,
+        },
+    }
+
+
+def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, int]]:
+    """``(name, data, compression)``: PNGs and tensors are stored, the manifest deflated."""
+    stored, deflated = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
+    manifest = json.dumps(manifest_of(project), indent=1, ensure_ascii=False, allow_nan=False)
+    out = [(MANIFEST, manifest.encode(), deflated)]
+    out.append((IMAGE, _png(project.original, compress_level), stored))
+    if project.mask is not None:
+        mask = Image.fromarray(project.mask.astype(bool)).convert("1")
+        buf = io.BytesIO()
+        mask.save(buf, format="PNG", compress_level=compress_level)
+        out.append((MASK, buf.getvalue(), stored))
+    for n, entry in enumerate(project.history, 1):
+        out.append((f"results/{n:04d}.png", _png(entry.after, compress_level), stored))
+    if project.lora is not None:
+        out.append((LORA, project.lora.data, stored))
+    return out
+
+
+def _check_before_writing(project: Project) -> None:
+    try:
+        Project.to_request(project).params.validate()
+        project.lora_params.validate()
+    except InvalidRequest as exc:
+        raise ProjectError(f"cannot save: {exc}") from exc
+    if len(project.history) > MAX_HISTORY:
+        raise ProjectError(f"cannot save more than {MAX_HISTORY} accepted results")
+    if project.lora is not None:
+        _check_safetensors(project.lora.data, project.lora.key)
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def save_project(project: Project, path: str | Path, *, compress_level: int = 6) -> None:
+    """Write ``project`` to ``path`` atomically; on any failure the old file is untouched."""
+    path = Path(path)
+    _check_before_writing(project)
+    members = _members(project, compress_level)
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ProjectError(f"cannot save {path.name}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            with zipfile.ZipFile(f, "w") as zf:
+                for name, data, compression in members:
+                    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+                    info.compress_type = compression
+                    zf.writestr(info, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ProjectError(f"cannot save {path.name}: {exc.strerror or exc}") from exc
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: validation helpers
+
+
+def _fail(where: str, why: str) -> ProjectError:
+    return ProjectError(f"{where}: {why}" if where else why)
+
+
+def _obj(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str, most: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, f"expected a list, got {type(value).__name__}")
+    if len(value) > most:
+        raise _fail(where, f"too many items ({len(value)}; {most} at most)")
+    return value
+
+
+def _text(value: Any, where: str, most: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, f"expected text, got {type(value).__name__}")
+    if len(value) > most:
+        raise _fail(where, f"too long ({len(value)} characters; {most} at most)")
+    return value
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _fail(where, f"expected a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _float(value: Any, where: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _fail(where, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _point(value: Any, where: str, size: tuple[int, int] | None) -> tuple[float, float]:
+    items = _list(value, where, 2)
+    if len(items) != 2:
+        raise _fail(where, "expected [x, y]")
+    x, y = _float(items[0], where), _float(items[1], where)
+    if size is not None and not (0 <= x <= size[0] - 1 and 0 <= y <= size[1] - 1):
+        raise _fail(where, f"({x:g}, {y:g}) lies outside the {size[0]}×{size[1]} image")
+    return (x, y)
+
+
+def _pairs(value: Any, where: str, size: tuple[int, int]) -> tuple[Pair, ...]:
+    out = []
+    for n, item in enumerate(_list(value, where, MAX_PAIRS), 1):
+        d = _obj(item, f"{where}[{n}]")
+        handle = _point(d.get("handle"), f"{where}[{n}].handle", size)
+        raw_target = d.get("target")
+        target = None if raw_target is None else _point(raw_target, f"{where}[{n}].target", size)
+        out.append(Pair(handle, target))
+    return tuple(out)
+
+
+def _params(cls: type, value: Any, where: str) -> Any:
+    try:
+        return params_from_dict(cls, _obj(value, where))
+    except InvalidRequest as exc:
+        raise _fail(where, str(exc)) from None
+    except (TypeError, ValueError) as exc:  # e.g. an unhashable value in a list field
+        raise _fail(where, f"invalid value ({exc})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _fail(where, f"not valid JSON ({exc})") from None
+
+
+def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
+    """Validate a safetensors file by its header alone: sizes, offsets, and our metadata."""
+    where = LORA
+    if len(data) < 8:
+        raise _fail(where, "truncated")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(len(data) - 8, 100 * 2**20):
+        raise _fail(where, "the header is larger than the file")
+    header = _obj(_parse_json(data[8 : 8 + n], where), where)
+    body = len(data) - 8 - n
+    meta = _obj(header.get("__metadata__", {}), f"{where} metadata")
+    if meta.get("format") != "dragstudio-lora":
+        raise _fail(where, "not a DragStudio LoRA")
+    if meta.get("key") != key:
+        raise _fail(where, "its key does not match the manifest")
+    end = 0
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        s = _obj(spec, f"{where} tensor {name[:60]}")
+        offsets = _list(s.get("data_offsets"), f"{where} tensor {name[:60]}", 2)
+        if len(offsets) != 2 or not all(isinstance(o, int) for o in offsets):
+            raise _fail(where, f"tensor {name[:60]} has bad offsets")
+        if not 0 <= offsets[0] <= offsets[1] <= body:
+            raise _fail(where, f"tensor {name[:60]} lies outside the file")
+        end = max(end, offsets[1])
+    if len(header) <= 1:
+        raise _fail(where, "holds no tensors")
+    return header
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: the archive
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+"""``MIGRATIONS[n]`` turns a version-``n`` manifest into version ``n + 1``. Version 1 is the
+first published format, so there is nothing to migrate yet; each later format change adds its
+step here (and a test reading a file of the old version)."""
+
+
+def migrate(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older manifest up to :data:`FORMAT_VERSION`, one version at a time."""
+    version = _int(manifest.get("format_version"), "format_version", 0, 10**6)
+    if version > FORMAT_VERSION:
+        raise ProjectError(
+            f"this project was saved by a newer DragStudio (format {version}; this version "
+            f"reads up to {FORMAT_VERSION}): please update DragStudio"
+        )
+    while version < FORMAT_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise ProjectError(f"project format {version} is no longer supported")
+        manifest = _obj(step(manifest), "migrated manifest")
+        version += 1
+        manifest["format_version"] = version
+    return manifest
+
+
+def _limit(name: str) -> int:
+    if name == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    if name == LORA:
+        return MAX_LORA_BYTES
+    return MAX_PNG_BYTES
+
+
+def _allowed(name: str) -> bool:
+    return name in (MANIFEST, IMAGE, MASK, LORA) or _RESULT.match(name) is not None
+
+
+class _Archive:
+    """The zip's members by name, checked against the allow-list and the size limits."""
+
+    def __init__(self, zf: zipfile.ZipFile) -> None:
+        self.zf = zf
+        self.infos: dict[str, zipfile.ZipInfo] = {}
+        total = 0
+        infos = zf.infolist()
+        if len(infos) > MAX_HISTORY + 4:
+            raise ProjectError(f"the archive has too many members ({len(infos)})")
+        for info in infos:
+            name = info.filename
+            if not _allowed(name):
+                raise ProjectError(f"unexpected member {name[:80]!r} in the archive")
+            if name in self.infos:
+                raise ProjectError(f"the member {name} appears twice")
+            if info.flag_bits & 0x1:
+                raise ProjectError(f"{name} is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ProjectError(f"{name} uses an unsupported compression")
+            if info.file_size > _limit(name):
+                raise ProjectError(f"{name} is too large ({info.file_size} bytes)")
+            total += info.file_size
+            self.infos[name] = info
+        if total > MAX_TOTAL_BYTES:
+            raise ProjectError("the archive's contents are too large")
+        self.read_total = 0
+
+    def has(self, name: str) -> bool:
+        return name in self.infos
+
+    def read(self, name: str) -> bytes:
+        """Read a member without trusting its declared size (decompress at most the limit)."""
+        info = self.infos.get(name)
+        if info is None:
+            raise ProjectError(f"the archive has no {name}")
+        limit = min(_limit(name), info.file_size)
+        with self.zf.open(info) as f:
+            data = f.read(limit + 1)
+        if len(data) != info.file_size:
+            raise ProjectError(f"{name} is not the size the archive declares")
+        self.read_total += len(data)
+        if self.read_total > MAX_TOTAL_BYTES:
+            raise ProjectError("the archive's contents are too large")
+        return data
+
+
+def _decode_png(data: bytes, where: str, size: tuple[int, int] | None, mask: bool) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            w, h = im.size
+            if size is not None and (w, h) != size:
+                raise _fail(where, f"is {w}×{h}, the manifest says {size[0]}×{size[1]}")
+            if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
+                raise _fail(where, f"has an unsupported size {w}×{h}")
+            if mask:
+                if im.mode not in ("1", "L"):
+                    raise _fail(where, f"must be a black-and-white PNG, not {im.mode}")
+                im.load()
+                return np.asarray(im.convert("L")) > 0
+            if im.mode != "RGB":
+                raise _fail(where, f"must be an 8-bit RGB PNG, not {im.mode}")
+            im.load()
+            return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def _history(
+    raw: Any, archive: _Archive, original: np.ndarray, size: tuple[int, int]
+) -> tuple[HistoryEntry, ...]:
+    entries: list[HistoryEntry] = []
+    before = original
+    items = _list(raw, "history", MAX_HISTORY)
+    per_image = original.nbytes
+    if per_image * (len(items) + 1) > MAX_DECODED_BYTES:
+        raise ProjectError("the history holds too many results for an image this large")
+    for n, item in enumerate(items, 1):
+        where = f"history[{n}]"
+        d = _obj(item, where)
+        name = _text(d.get("result"), f"{where}.result", 64)
+        if name != f"results/{n:04d}.png":
+            raise _fail(f"{where}.result", f"expected results/{n:04d}.png, got {name!r}")
+        after = _decode_png(archive.read(name), name, size, mask=False)
+        handles = _list(d.get("final_handles", []), f"{where}.final_handles", MAX_PAIRS)
+        entries.append(
+            HistoryEntry(
+                before=before,
+                after=after,
+                pairs=_pairs(d.get("pairs"), f"{where}.pairs", size),
+                prompt=_text(d.get("prompt"), f"{where}.prompt"),
+                params=_params(DragParams, d.get("params"), f"{where}.params"),
+                lora=_params(LoraParams, d.get("lora_params"), f"{where}.lora_params"),
+                model=_text(d.get("model"), f"{where}.model"),
+                seconds=max(0.0, _float(d.get("seconds", 0.0), f"{where}.seconds")),
+                lora_reused=bool(d.get("lora_reused", False) is True),
+                final_handles=tuple(_point(h, f"{where}.final_handles", None) for h in handles),
+            )
+        )
+        before = after
+    return tuple(entries)
+
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _lora(raw: Any, archive: _Archive) -> BundledLora | None:
+    if raw is None:
+        return None
+    d = _obj(raw, "lora")
+    if d.get("file") != LORA:
+        raise _fail("lora.file", f"expected {LORA!r}")
+    key = _text(d.get("key"), "lora.key", 64)
+    digest = _text(d.get("image_sha256"), "lora.image_sha256", 64)
+    for where, value in (("lora.key", key), ("lora.image_sha256", digest)):
+        if not _KEY.match(value):
+            raise _fail(where, "expected 64 lower-case hex digits")
+    data = archive.read(LORA)
+    _check_safetensors(data, key)
+    return BundledLora(
+        key=key,
+        params=_params(LoraParams, d.get("params"), "lora.params"),
+        data=data,
+        image_sha256=digest,
+        prompt=_text(d.get("prompt"), "lora.prompt"),
+        model=_text(d.get("model"), "lora.model"),
+    )
+
+
+def _project(archive: _Archive) -> Project:
+    manifest = _obj(_parse_json(archive.read(MANIFEST), MANIFEST), MANIFEST)
+    if manifest.get("format") != FORMAT:
+        raise ProjectError(f"{MANIFEST} does not describe a DragStudio project")
+    manifest = migrate(manifest)
+    image = _obj(manifest.get("image"), "image")
+    if image.get("file") != IMAGE:
+        raise _fail("image.file", f"expected {IMAGE!r}")
+    size = (
+        _int(image.get("width"), "image.width", 16, MAX_SIDE),
+        _int(image.get("height"), "image.height", 16, MAX_SIDE),
+    )
+    if size[0] * size[1] > MAX_PIXELS:
+        raise _fail("image", f"{size[0]}×{size[1]} has too many pixels")
+    original = _decode_png(archive.read(IMAGE), IMAGE, size, mask=False)
+    mask = None
+    mask_name = manifest.get("mask")
+    if mask_name is not None:
+        if mask_name != MASK:
+            raise _fail("mask", f"expected {MASK!r} or null")
+        mask = _decode_png(archive.read(MASK), MASK, size, mask=True)
+    history = _history(manifest.get("history", []), archive, original, size)
+    names = {f"results/{n:04d}.png" for n in range(1, len(history) + 1)}
+    extra = [n for n in archive.infos if _RESULT.match(n) and n not in names]
+    if extra:
+        raise ProjectError(f"{extra[0]} is not listed in the history")
+    lora = _lora(manifest.get("lora"), archive)
+    if lora is None and archive.has(LORA):
+        raise ProjectError(f"{LORA} is not listed in the manifest")
+    if mask is None and archive.has(MASK):
+        raise ProjectError(f"{MASK} is not listed in the manifest")
+    return Project(
+        original=original,
+        mask=mask,
+        pairs=_pairs(manifest.get("pairs", []), "pairs", size),
+        prompt=_text(manifest.get("prompt", ""), "prompt"),
+        params=_params(DragParams, manifest.get("params"), "params"),
+        lora_params=_params(LoraParams, manifest.get("lora_params"), "lora_params"),
+        model=_model(manifest.get("model")),
+        history=history,
+        lora=lora,
+        format_version=FORMAT_VERSION,
+        app_version=_text(manifest.get("app_version", ""), "app_version", 64),
+    )
+
+
+def _model(value: Any) -> str:
+    model = _text(value, "model")
+    if not model:
+        raise _fail("model", "empty")
+    return model
+
+
+def read_project(path: str | Path) -> Project:
+    """Read and validate a project; raises :class:`ProjectError` naming the problem."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ProjectError(f"cannot open {path.name}: {exc.strerror or exc}") from None
+    if not path.is_file():
+        raise ProjectError(f"cannot open {path.name}: it is not a file")
+    if size > MAX_FILE_BYTES:
+        raise ProjectError(f"{path.name} is too large to be a DragStudio project")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _project(_Archive(zf))
+    except ProjectError as exc:
+        raise ProjectError(f"{path.name}: {exc}") from None
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        struct.error,
+        SyntaxError,  # Pillow reports some broken PNG chunks this way
+        NotImplementedError,
+        Image.DecompressionBombError,
+    ) as exc:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ProjectError(
+            f"{path.name} is damaged or not a DragStudio project ({detail})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def describe(project: Project, path: str | Path | None = None) -> str:
+    """A few lines for ``dragstudio-cli project info`` and the GUI."""
+    h, w = project.original.shape[:2]
+    complete = sum(1 for p in project.pairs if p.target is not None)
+    mask = project.mask
+    coverage = "none" if mask is None else f"{100.0 * float(mask.mean()):.1f}% editable"
+    lines = [
+        f"project:   {Path(path).name if path else '(unsaved)'} "
+        f"(format {project.format_version}, saved by DragStudio {project.app_version or '?'})",
+        f"image:     {w}×{h}",
+        f"points:    {complete} pair(s)"
+        + (
+            f", {len(project.pairs) - complete} without target"
+            if complete < len(project.pairs)
+            else ""
+        ),
+        f"mask:      {coverage}",
+        f"prompt:    {project.prompt!r}",
+        f"model:     {project.model}",
+        f"drag:      {project.params.drag_steps} steps, {project.params.inference_steps} DDIM "
+        f"steps, inversion {project.params.inversion_strength:g}, "
+        f"width {project.params.working_width}",
+        f"LoRA:      {project.lora_params.steps} steps, rank {project.lora_params.rank}, "
+        f"seed {project.lora_params.seed}",
+        f"history:   {len(project.history)} accepted result(s)",
+    ]
+    if project.lora is None:
+        lines.append("trained:   no LoRA bundled (the next drag trains one)")
+    else:
+        lora = project.lora
+        lines.append(
+            f"trained:   LoRA {lora.key[:12]}… ({len(lora.data) / 2**20:.1f} MB, "
+            f"rank {lora.params.rank}, {lora.params.steps} steps)"
+        )
+        why = lora.mismatch(project.to_request())
+        if why:
+            lines.append(f"           it will be retrained: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""Project files on the command line: ``edit --project/--save-project`` and ``project info``.
+
+Kept out of ``cli.py`` so the edit command only gains two hooks. An edit saved with
+``--save-project`` is stored as an accepted result (the photo, the result, the points and
+parameters that made it) with its trained LoRA, exactly like a GUI session; ``--project``
+continues from there and installs the bundled LoRA when it fits, so nothing is retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from backend.document import HistoryEntry
+from backend.errors import InvalidRequest
+from backend.project import (
+    BundledLora,
+    Project,
+    describe,
+    read_project,
+    save_project,
+    sha256_pixels,
+)
+from backend.request import DragRequest, PointPair
+
+
+def add_project_command(sub: Any) -> dict[str, Any]:
+    project = sub.add_parser(
+        "project",
+        help="inspect .dragstudio project files",
+        description="Inspect DragStudio project files.",
+    )
+    actions = project.add_subparsers(dest="project_command", required=True, metavar="ACTION")
+    info = actions.add_parser(
+        "info", help="validate a project and print a summary (exit 1 if it is damaged)"
+    )
+    info.add_argument("file", type=Path)
+    return {"project": cmd_project}
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    project = read_project(args.file)
+    print(describe(project, args.file))
+    return 0
+
+
+def request_from_project(args: argparse.Namespace, project: Project) -> DragRequest:
+    """The project's next edit, with the command line's flags applied on top."""
+    from backend.cli import _load_mask
+
+    request = project.to_request()
+    image = request.image
+    size = (image.shape[1], image.shape[0])
+    changes: dict[str, Any] = {}
+    if args.pair:
+        changes["pairs"] = tuple(PointPair((hx, hy), (tx, ty)) for hx, hy, tx, ty in args.pair)
+    if args.mask is not None:
+        changes["mask"] = _load_mask(args.mask, size)
+    if args.prompt is not None:
+        changes["prompt"] = args.prompt
+    if args.model is not None:
+        changes["model"] = args.model
+    overrides = {
+        "drag_steps": args.drag_steps,
+        "inference_steps": getattr(args, "ddim_steps", None),
+        "inversion_strength": args.inversion_strength,
+        "latent_lr": args.latent_lr,
+        "lam": args.lam,
+        "r1": args.r1,
+        "r2": args.r2,
+        "working_width": args.working_width,
+    }
+    params = replace(request.params, **{k: v for k, v in overrides.items() if v is not None})
+    if args.no_keep_pixels:
+        params = replace(params, keep_unmasked_pixels=False)
+    lora_over = {
+        "steps": args.lora_steps,
+        "seed": args.seed,
+        "resolution": getattr(args, "lora_resolution", None),
+    }
+    lora = replace(request.lora, **{k: v for k, v in lora_over.items() if v is not None})
+    request = replace(request, params=params, lora=lora, **changes)
+    if not request.pairs:
+        raise InvalidRequest("the project has no point pairs: give --pair HX,HY,TX,TY")
+    request.validate()
+    return request
+
+
+def install_bundled_lora(engine: Any, project: Project, request: DragRequest) -> dict[str, Any]:
+    """Put the project's LoRA into the engine when it fits ``request``; say why when it doesn't.
+
+    Returns what happened, for the trace. Loading the model first is free: ``edit`` would.
+    """
+    bundled = project.lora
+    if bundled is None:
+        return {"bundled": False}
+    if request.lora.steps == 0:
+        return {"bundled": True, "used": False, "why": "LoRA steps are 0"}
+    from backend.lora import lora_from_bytes
+
+    engine.load_model(request.model)
+    key = engine.lora_key_for(request)
+    if key != bundled.key:
+        why = bundled.mismatch(request) or "the model's weights differ from the ones it was made on"
+        return {"bundled": True, "used": False, "why": why}
+    state, params, _ = lora_from_bytes(bundled.data)
+    engine.install_lora(key, params, state)
+    return {"bundled": True, "used": True}
+
+
+def project_after_edit(
+    request: DragRequest,
+    result: Any,
+    engine: Any,
+    previous: Project | None,
+) -> Project:
+    """The session with ``result`` accepted: history grows, points are spent, LoRA bundled."""
+    photo = previous.original if previous is not None else request.image
+    history = previous.history if previous is not None else ()
+    trace = result.trace
+    lora_trace = trace.get("lora", {})
+    entry = HistoryEntry(
+        before=request.image,
+        after=result.image,
+        pairs=tuple(_pair(p) for p in request.pairs),
+        prompt=request.prompt,
+        params=request.params,
+        lora=request.lora,
+        model=request.model,
+        seconds=float(trace.get("stages", {}).get("total", 0.0)),
+        lora_reused=bool(lora_trace.get("cached", False)),
+        final_handles=tuple((float(x), float(y)) for x, y in trace.get("final_handles", ())),
+    )
+    return Project(
+        original=photo,
+        mask=request.mask,
+        pairs=(),
+        prompt=request.prompt,
+        params=request.params,
+        lora_params=request.lora,
+        model=request.model,
+        history=(*history, entry),
+        lora=_bundle(engine, request, lora_trace.get("key")),
+    )
+
+
+def _pair(p: PointPair) -> Any:
+    from backend.document import Pair
+
+    return Pair(tuple(p.handle), tuple(p.target))
+
+
+def _bundle(engine: Any, request: DragRequest, key: str | None) -> BundledLora | None:
+    from backend.lora import lora_to_bytes
+
+    current = engine.current_lora
+    if key is None or current is None or current.key != key:
+        return None
+    return BundledLora(
+        key=key,
+        params=current.params,
+        data=lora_to_bytes(current.state, current.params, key),
+        image_sha256=sha256_pixels(request.identity_image),
+        prompt=request.prompt,
+        model=request.model,
+    )
+
+
+def save(path: Path, project: Project, quiet: bool) -> None:
+    save_project(project, path)
+    if not quiet:
+        lora = "with its LoRA" if project.lora is not None else "without a LoRA"
+        print(f"saved the project {path} ({lora})", file=sys.stderr)
