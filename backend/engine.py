@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from backend import imaging
 from backend.attention import reference_control
 from backend.ddim import Schedule
 from backend.drag import DragStepInfo, optimize_latent
-from backend.errors import Cancelled, DragStudioError
+from backend.errors import Cancelled, DragStudioError, InvalidRequest
 from backend.events import (
     Event,
     Failed,
@@ -37,6 +37,7 @@ from backend.events import (
     StepProgress,
 )
 from backend.features import unet_with_features
+from backend.generation import Generation, feature_weights, guide, run_generation
 from backend.lora import (
     has_adapter,
     load_adapter_state,
@@ -277,18 +278,41 @@ class Engine:
         work_w, work_h = imaging.working_size(*image_size, params.working_width)
         latent_hw = (work_h // 8, work_w // 8)
         feature_hw = (work_h // 2, work_w // 2)
-        text = self._text_embeddings(request.prompt)
-
-        # 1. Identity-preserving LoRA.
-        lora_detail = self._prepare_lora(request, text, schedule, emit, token, stages)
-
-        # 2. DDIM inversion to z_t.
-        inv_steps = params.inversion_steps
+        generation = request.generation
+        if generation is not None:
+            # Appendix C: the generation's own latents replace LoRA and inversion.
+            if image_size != (generation.width, generation.height):
+                raise InvalidRequest(
+                    f"the image is {image_size[0]}×{image_size[1]} but it was generated at "
+                    f"{generation.width}×{generation.height}"
+                )
+            schedule = Schedule.from_scheduler(pipe.scheduler, generation.steps)
+            work_w, work_h = generation.width, generation.height
+            latent_hw = (work_h // 8, work_w // 8)
+            feature_hw = (work_h // 2, work_w // 2)
+            guidance = generation.guidance_scale
+            text = self._conditioning(generation.prompt, generation.negative_prompt, guidance)
+        else:
+            guidance = 1.0  # real photos: no classifier-free guidance (paper §4.1)
+            text = self._text_embeddings(request.prompt)
+        cfg = guidance > 1.0
+        inv_steps = max(1, round(params.inversion_strength * len(schedule.timesteps)))
         start = schedule.start_index(inv_steps)
         t = schedule.timesteps[start]
-        with self._stage(Stage.INVERSION, inv_steps, emit, stages):
-            z0 = self._encode(request.image, (work_w, work_h))
-            zt = self._invert(z0, text, schedule, inv_steps, emit, token)
+
+        if generation is not None:
+            with self._stage(Stage.LORA, 0, emit, stages, "skipped (generated image)"):
+                pass
+            lora_detail: dict[str, Any] = {"steps": 0, "cached": False, "source": "generated"}
+            with self._stage(Stage.INVERSION, 0, emit, stages, "skipped (generated image)"):
+                zt = torch.from_numpy(generation.trajectory[start : start + 1]).to(self.device)
+        else:
+            # 1. Identity-preserving LoRA.
+            lora_detail = self._prepare_lora(request, text, schedule, emit, token, stages)
+            # 2. DDIM inversion to z_t.
+            with self._stage(Stage.INVERSION, inv_steps, emit, stages):
+                z0 = self._encode(request.image, (work_w, work_h))
+                zt = self._invert(z0, text, schedule, inv_steps, emit, token)
 
         # 3. Latent optimisation.
         pairs = request.pairs
@@ -306,9 +330,19 @@ class Engine:
             pts = imaging.feature_to_image(h.cpu().double().numpy(), image_size, feature_hw)
             return [[round(float(x), 2), round(float(y), 2)] for x, y in pts]
 
+        w_uncond, w_cond = feature_weights(guidance) if cfg else (0.0, 1.0)
+
         def forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return unet_with_features(
-                unet, z.to(unet.dtype), t, text, params.feature_block, feature_hw
+            batch = torch.cat([z, z]) if cfg else z
+            out, feats = unet_with_features(
+                unet, batch.to(unet.dtype), t, text, params.feature_block, feature_hw
+            )
+            if not cfg:
+                return out, feats
+            # CFG: guided prediction for the mask term; both feature maps side by side.
+            f_uncond, f_cond = feats.chunk(2)
+            return guide(out.float(), guidance), torch.cat(
+                [w_uncond * f_uncond, w_cond * f_cond], dim=1
             )
 
         def on_drag_step(info: DragStepInfo) -> None:
@@ -328,7 +362,8 @@ class Engine:
                 )
             )
 
-        with self._stage(Stage.DRAG, params.drag_steps, emit, stages):
+        adapters = _adapters_disabled(unet) if generation is not None else contextlib.nullcontext()
+        with adapters, self._stage(Stage.DRAG, params.drag_steps, emit, stages):
             scaler = torch.amp.GradScaler("cuda") if self._amp else None
             outcome = optimize_latent(
                 zt,
@@ -351,9 +386,18 @@ class Engine:
 
         # 4. Denoising with reference-latent-control.
         denoise_steps = len(schedule.timesteps) - start
-        with self._stage(Stage.DENOISE, denoise_steps, emit, stages):
+        adapters = _adapters_disabled(unet) if generation is not None else contextlib.nullcontext()
+        with adapters, self._stage(Stage.DENOISE, denoise_steps, emit, stages):
             latents = self._denoise(
-                zt, outcome.latent, text, schedule, start, params.ref_control_blocks, emit, token
+                zt,
+                outcome.latent,
+                text,
+                guidance,
+                schedule,
+                start,
+                params.ref_control_blocks,
+                emit,
+                token,
             )
             working = self._decode(latents[1:2])
             token.check()
@@ -383,7 +427,10 @@ class Engine:
             "device": str(self.device),
             "dtype": str(unet.dtype).replace("torch.", ""),
             "model": request.model,
-            "prompt": request.prompt,
+            "prompt": request.prompt if generation is None else generation.prompt,
+            "generated": generation is not None,
+            "guidance_scale": guidance,
+            "ddim_steps": len(schedule.timesteps),
             "params": params_to_dict(params),
             "lora_params": params_to_dict(request.lora),
             "memory": _peak_memory(self.device),
@@ -550,26 +597,96 @@ class Engine:
         reference: torch.Tensor,
         edited: torch.Tensor,
         text: torch.Tensor,
+        guidance: float,
         schedule: Schedule,
         start: int,
         blocks: tuple[int, ...],
         emit: EventSink,
         token: CancelToken,
     ) -> torch.Tensor:
-        """Denoise ``[reference, edited]`` together; the edited row attends to the reference."""
+        """Denoise ``[reference, edited]`` together; the edited row attends to the reference.
+
+        With guidance the batch is ``[ref·uncond, ref·cond, edit·uncond, edit·cond]``, so each
+        half of the edited rows reads its own reference half. Returns ``[reference, edited]``.
+        """
         unet = self.pipe.unet
+        cfg = guidance > 1.0
         z = torch.cat([reference.float(), edited.float()])
-        emb = text.expand(2, -1, -1)
+        emb = text.repeat(2, 1, 1)
         timesteps = schedule.timesteps[start:]
         control = reference_control(unet, blocks) if blocks else contextlib.nullcontext()
         with control:
             for i, t in enumerate(timesteps):
                 token.check()
+                batch = z.repeat_interleave(2, dim=0) if cfg else z
                 with self._autocast():
-                    out = unet(z.to(unet.dtype), t, encoder_hidden_states=emb, return_dict=False)[0]
-                z = schedule.step(out.float(), t, z)
+                    out = unet(
+                        batch.to(unet.dtype), t, encoder_hidden_states=emb, return_dict=False
+                    )[0].float()
+                if cfg:
+                    # Rows are [ref_u, ref_c, edit_u, edit_c]: guide each latent's pair.
+                    pairs = out.view(2, 2, *out.shape[1:])
+                    out = pairs[:, 0] + guidance * (pairs[:, 1] - pairs[:, 0])
+                z = schedule.step(out, t, z)
                 emit(StepProgress(Stage.DENOISE, i + 1, len(timesteps)))
         return z
+
+    def _conditioning(self, prompt: str, negative: str, guidance: float) -> torch.Tensor:
+        """``[uncond; cond]`` embeddings with guidance, ``cond`` alone without."""
+        cond = self._text_embeddings(prompt)
+        if guidance <= 1.0:
+            return cond
+        return torch.cat([self._text_embeddings(negative), cond])
+
+    def generate(
+        self,
+        generation: Generation,
+        model: str,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> tuple[np.ndarray, Generation]:
+        """Generate an image and keep its latent trajectory, so it can be dragged exactly."""
+        emit = on_event or (lambda _e: None)
+        token = cancel or CancelToken()
+        stages: dict[str, float] = {}
+        with self._stage(Stage.LOAD, 1, emit, stages):
+            self.load_model(model)
+        unet = self.pipe.unet
+        schedule = Schedule.from_scheduler(self.pipe.scheduler, generation.steps)
+        text = self._conditioning(
+            generation.prompt, generation.negative_prompt, generation.guidance_scale
+        )
+        with (
+            _adapters_disabled(unet),
+            self._stage(Stage.GENERATE, generation.steps, emit, stages),
+        ):
+            trajectory = run_generation(
+                unet,
+                text,
+                schedule,
+                generation,
+                device=self.device,
+                autocast=self._autocast,
+                on_step=lambda i: emit(StepProgress(Stage.GENERATE, i, generation.steps)),
+                check_cancel=token.check,
+            )
+            image = self._decode(torch.from_numpy(trajectory[-1:]).to(self.device))
+        done = replace(generation, trajectory=trajectory)
+        done.validate()
+        return image, done
+
+
+@contextlib.contextmanager
+def _adapters_disabled(unet: Any) -> Iterator[None]:
+    """Run without the identity LoRA (generated images need none); keep it for later drags."""
+    if not has_adapter(unet):
+        yield
+        return
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
 
 
 def save_image(image: np.ndarray, path: Path) -> None:

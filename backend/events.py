@@ -21,9 +21,17 @@ class Stage(StrEnum):
     INVERSION = "inversion"
     DRAG = "drag"
     DENOISE = "denoise"
+    GENERATE = "generate"
 
 
-STAGE_ORDER: tuple[Stage, ...] = tuple(Stage)
+STAGE_ORDER: tuple[Stage, ...] = (
+    Stage.LOAD,
+    Stage.LORA,
+    Stage.INVERSION,
+    Stage.DRAG,
+    Stage.DENOISE,
+)
+"""The stages of a drag edit (generation has its own: load, generate)."""
 
 
 @dataclass(frozen=True)

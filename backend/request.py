@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from backend.generation import Generation
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -144,6 +147,8 @@ class DragRequest:
     params: DragParams = field(default_factory=DragParams)
     lora: LoraParams = field(default_factory=LoraParams)
     model: str = DEFAULT_MODEL
+    generation: Generation | None = None
+    """Set when the image was generated here: the drag then starts from its kept latents."""
     lora_image: np.ndarray | None = None
     """The image the identity LoRA is trained on, when it is not ``image`` itself: dragging an
     accepted result again keeps the LoRA of the photo it came from."""
@@ -190,6 +195,8 @@ class DragRequest:
             _check(li.dtype == np.uint8, "the LoRA image must be H×W×3 uint8 RGB")
         self.params.validate()
         self.lora.validate()
+        if self.generation is not None:
+            self.generation.validate()
 
     @property
     def image_size(self) -> tuple[int, int]:
