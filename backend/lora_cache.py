@@ -14,24 +14,31 @@ import re
 import tempfile
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from backend.errors import DragStudioError
-from backend.lora import read_lora, save_lora
 from backend.request import LoraParams
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_LIMIT_BYTES = 4 * 2**30
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def default_cache_dir() -> Path:
+    """The platform's user cache folder, or ``$DRAGSTUDIO_CACHE_DIR`` (tests, portable setups)."""
+    override = os.environ.get("DRAGSTUDIO_CACHE_DIR")
+    if override:
+        return Path(override) / "lora"
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("DragStudio", appauthor=False)) / "lora"
 
 
 class LoraCache:
+    """Size, eviction and clearing need no torch, so the settings dialog can use it directly."""
+
     def __init__(self, directory: Path | None = None, limit_bytes: int = DEFAULT_LIMIT_BYTES):
         self.directory = Path(directory) if directory else default_cache_dir()
         self.limit_bytes = limit_bytes
@@ -43,6 +50,8 @@ class LoraCache:
 
     def get(self, key: str) -> tuple[dict[str, torch.Tensor], LoraParams] | None:
         """The cached adapter for ``key``, or None (a corrupt entry is deleted)."""
+        from backend.lora import read_lora
+
         path = self._path(key)
         if not path.is_file():
             return None
@@ -59,6 +68,8 @@ class LoraCache:
 
     def put(self, key: str, state: dict[str, torch.Tensor], params: LoraParams) -> None:
         """Store an adapter atomically, then evict old entries beyond the size limit."""
+        from backend.lora import save_lora
+
         self.directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
         os.close(fd)
@@ -72,6 +83,29 @@ class LoraCache:
                 os.unlink(tmp)
             raise
         self.evict(keep=key)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store a LoRA file's bytes as they are (a project's bundled LoRA), atomically."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.evict(keep=key)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """A cached entry's file as it is, or None (the engine's ``get`` validates it)."""
+        try:
+            return self._path(key).read_bytes()
+        except OSError:
+            return None
 
     def drop(self, key: str) -> None:
         with contextlib.suppress(OSError):

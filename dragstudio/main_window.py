@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 from backend import __version__
 from backend.document import Change, Document, Notice, load_image
 from backend.errors import InvalidRequest
+from backend.lora_cache import LoraCache
 from dragstudio.canvas import CanvasView, Tool
 from dragstudio.canvas.view import percent_text
 from dragstudio.commands import ClearPairs, EditMask, InvertMask
@@ -47,10 +48,17 @@ from dragstudio.dialogs import ModelChoice, ask_missing_model
 from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
+from dragstudio.project_dialogs import cache_limit_bytes
+from dragstudio.project_ui import PROJECT_FILTER, ProjectUI, is_project
 from dragstudio.resources import app_icon, icon
 from dragstudio.runner import EngineHost, Failure, default_engine_factory
 
 APP_NAME = "DragStudio"
+IMAGE_TYPES = "*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif"
+OPEN_FILTER = (
+    f"Projects and images (*.dragstudio {IMAGE_TYPES});;{PROJECT_FILTER};;Images ({IMAGE_TYPES})"
+    ";;All files (*)"
+)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif);;All files (*)"
 BRUSH_STEP = 1.25
 """[ and ] scale the brush by this factor, so a few presses go from fine to broad."""
@@ -80,7 +88,10 @@ class MainWindow(QMainWindow):
         self._build_toolbars()
         self._build_docks()
         self._build_status_bar()
-        self.drag_ui = DragUI(self, host or EngineHost(default_engine_factory()))
+        self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.settings))
+        factory = default_engine_factory(lora_cache=self.lora_cache)
+        self.drag_ui = DragUI(self, host or EngineHost(factory))
+        self.project_ui = ProjectUI(self, self.lora_cache)
 
         # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
         self.undo_stack.cleanChanged.connect(self._clean_changed)
@@ -127,11 +138,11 @@ class MainWindow(QMainWindow):
         a = self._action
         a(
             "open",
-            "&Open Image…",
+            "&Open…",
             self.open_dialog,
             shortcuts=[QKeySequence.StandardKey.Open],
             icon_name="open",
-            tip="Open a photo",
+            tip="Open a photo or a project",
         )
         a("quit", "&Quit", self.close, shortcuts=[QKeySequence.StandardKey.Quit])
 
@@ -277,6 +288,8 @@ class MainWindow(QMainWindow):
                     menu.addAction(self.actions[name])
             if title == "&View":
                 self.view_menu = menu
+            if title == "&File":
+                self.file_menu = menu
 
     def _build_toolbars(self) -> None:
         main = QToolBar("Main", self)
@@ -369,12 +382,14 @@ class MainWindow(QMainWindow):
 
     def open_dialog(self) -> None:
         start = self.settings.value("paths/last_dir", "", type=str)
-        path, _ = QFileDialog.getOpenFileName(self, "Open a photo", start, IMAGE_FILTER)
+        path, _ = QFileDialog.getOpenFileName(self, "Open", start, OPEN_FILTER)
         if path:
             self.open_path(path)
 
     def open_path(self, path: str | Path) -> bool:
-        """Open an image; on any failure say why and leave the current document as it was."""
+        """Open an image or project; on failure say why and leave the document as it was."""
+        if is_project(path):
+            return self.project_ui.open_project(path)
         QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             image = load_image(path)
@@ -387,6 +402,7 @@ class MainWindow(QMainWindow):
             return False
         self.document.set_image(image, path)
         self.undo_stack.clear()
+        self.project_ui.reset()
         self.settings.setValue("paths/last_dir", str(Path(path).resolve().parent))
         self.statusBar().showMessage(f"Opened {Path(path).name}", 4000)
         self.canvas.setFocus()
@@ -411,6 +427,33 @@ class MainWindow(QMainWindow):
             QMessageBox.StandardButton.Cancel,
         )
         return answer == QMessageBox.StandardButton.Discard
+
+    def ask_save_changes(self) -> str:
+        """Closing with unsaved work: "save", "discard" or "cancel"."""
+        answer = QMessageBox.question(
+            self,
+            "Save changes?",
+            "This session has changes that are not saved in a project.",
+            QMessageBox.StandardButton.Save
+            | QMessageBox.StandardButton.Discard
+            | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save,
+        )
+        return {
+            QMessageBox.StandardButton.Save: "save",
+            QMessageBox.StandardButton.Discard: "discard",
+        }.get(answer, "cancel")
+
+    def ask_recover(self, path: Path) -> bool:
+        answer = QMessageBox.question(
+            self,
+            "Recover unsaved work?",
+            "DragStudio did not close normally last time. Recover the work it saved "
+            f"automatically ({path.name})?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.Yes,
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def clear_points(self) -> None:
         if self.document.pairs:
@@ -504,6 +547,10 @@ class MainWindow(QMainWindow):
             self.restoreState(state)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.project_ui.may_close():
+            event.ignore()
+            return
+        self.project_ui.shutdown()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.sync()

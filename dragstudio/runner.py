@@ -51,9 +51,12 @@ Listener = Callable[[int, Event], None]
 
 
 def default_engine_factory(
-    device: str = "auto", lora_cache_dir: str | None = None
+    device: str = "auto", lora_cache_dir: str | None = None, lora_cache: Any = None
 ) -> EngineFactory:
-    """Build the real engine with the on-disk LoRA cache (torch is imported here, late)."""
+    """Build the real engine with the on-disk LoRA cache (torch is imported here, late).
+
+    ``lora_cache`` shares the window's cache object, so its settings dialog changes the limit
+    the engine evicts by (the cache itself is plain file work, safe from either thread)."""
 
     def make() -> EngineLike:
         from pathlib import Path
@@ -61,7 +64,7 @@ def default_engine_factory(
         from backend.engine import Engine
         from backend.lora_cache import LoraCache
 
-        cache = LoraCache(Path(lora_cache_dir) if lora_cache_dir else None)
+        cache = lora_cache or LoraCache(Path(lora_cache_dir) if lora_cache_dir else None)
         return Engine(device, lora_cache=cache)
 
     return make

@@ -127,7 +127,9 @@ def run_self_test(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         settings = QSettings(str(folder / "settings.ini"), QSettings.Format.IniFormat)
         host = EngineHost(default_engine_factory("cpu", str(folder / "lora-cache")))
+        os.environ["DRAGSTUDIO_DATA_DIR"] = str(folder / "data")  # never touch real recovery
         window = MainWindow(settings, host)
+        window.ask_save_changes = lambda: "discard"  # type: ignore[method-assign]
         window.show_failure = lambda f: print(f"     failure: {f.message}")  # type: ignore[method-assign]
         window.show()
         checks.check("main window opened", window.isVisible(), app.platformName())

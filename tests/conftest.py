@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,10 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# Recovery files and the LoRA cache go to a private folder, never the user's.
+_PRIVATE = tempfile.mkdtemp(prefix="dragstudio-tests-")
+os.environ.setdefault("DRAGSTUDIO_DATA_DIR", os.path.join(_PRIVATE, "data"))
+os.environ.setdefault("DRAGSTUDIO_CACHE_DIR", os.path.join(_PRIVATE, "cache"))
 
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-dev"
 

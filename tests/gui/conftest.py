@@ -30,6 +30,15 @@ def sample_image(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def no_close_questions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing a window with unsaved work would ask; headless tests answer "discard"."""
+    from dragstudio.main_window import MainWindow
+
+    monkeypatch.setattr(MainWindow, "ask_save_changes", lambda self: "discard")
+    monkeypatch.setattr(MainWindow, "ask_recover", lambda self, path: False)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> QSettings:
     return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)

@@ -1,0 +1,402 @@
+"""The window's File side: projects (save, open, recent), export, autosave and recovery.
+
+Projects are read and written by the Qt-free :mod:`backend.project`; nothing here touches
+torch. The trained LoRA travels between the engine and projects through the on-disk LoRA
+cache: the engine stores every LoRA it trains there under its key (the trace names it), a save
+bundles that file's bytes, and opening a project puts its bundled LoRA back under the same key,
+so the next drag finds it and skips fine-tuning. If the key no longer matches (another prompt,
+model or image), the engine retrains and the status bar says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu
+
+from backend.document import Change, Notice
+from backend.errors import DragStudioError
+from backend.events import Stage, StageStarted
+from backend.export import edit_record, export_image, export_series
+from backend.lora_cache import LoraCache
+from backend.project import SUFFIX, BundledLora, Project, read_project, save_project, sha256_pixels
+from dragstudio.drag_controller import PendingResult
+from dragstudio.project_dialogs import CacheSettingsDialog
+from dragstudio.qtimage import rgb_to_qimage
+
+if TYPE_CHECKING:
+    from dragstudio.main_window import MainWindow
+
+PROJECT_FILTER = f"DragStudio projects (*{SUFFIX})"
+EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
+RECENT_KEY = "recent/projects"
+QUALITY_KEY = "export/quality"
+MAX_RECENT = 8
+AUTOSAVE_MS = 3 * 60 * 1000
+
+
+def data_dir() -> Path:
+    """Where recovery files go: the platform's user data folder, or ``$DRAGSTUDIO_DATA_DIR``."""
+    override = os.environ.get("DRAGSTUDIO_DATA_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("DragStudio", appauthor=False))
+
+
+def is_project(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == SUFFIX
+
+
+class ProjectUI:
+    def __init__(self, window: MainWindow, cache: LoraCache) -> None:
+        self.window = window
+        self.cache = cache
+        self.path: Path | None = None
+        """The project file the document was opened from or last saved to."""
+        self.bundled: BundledLora | None = None
+        """The LoRA that belongs with the document: from the opened project or the last drag."""
+        self._trained: tuple[str, PendingResult] | None = None
+        self._told_retrain = False
+        self.recovery_dir = data_dir() / "recovery"
+        self._build_actions()
+        self.timer = QTimer(window)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self.autosave)
+        self.timer.start()
+        runner = window.drag_ui.runner
+        runner.resultChanged.connect(self._result_changed)
+        runner.stageStarted.connect(self._stage_started)
+        self._history_len = 0
+        self._unsubscribe = window.document.subscribe(self._on_document)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _build_actions(self) -> None:
+        w, a = self.window, self.window._action
+        a("save", "&Save Project", self.save, shortcuts=[QKeySequence.StandardKey.Save])
+        a("save_as", "Save Project &As…", self.save_as, shortcuts=["Ctrl+Shift+S"])
+        a("export", "&Export Image…", self.export_dialog, shortcuts=["Ctrl+E"])
+        a("export_series", "Export All &Results…", self.export_series_dialog)
+        a("copy_image", "&Copy Image", self.copy_image, shortcuts=["Ctrl+Shift+C"])
+        a("cache_settings", "LoRA &Cache…", self.cache_dialog, tip="Size, limit and clearing")
+        self.recent_menu = QMenu("Open &Recent", w)
+        self.recent_menu.setObjectName("recentMenu")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        menu, quit_action = w.file_menu, w.actions["quit"]
+        menu.insertMenu(quit_action, self.recent_menu)
+        menu.insertSeparator(quit_action)
+        for name in ("save", "save_as", "-", "export", "export_series", "copy_image", "-",
+                     "cache_settings", "-"):  # fmt: skip
+            if name == "-":
+                menu.insertSeparator(quit_action)
+            else:
+                menu.insertAction(quit_action, w.actions[name])
+        self.update_enabled()
+
+    def reset(self) -> None:
+        """A photo was opened: no project file, no LoRA belongs to it yet."""
+        self.path, self.bundled, self._trained = None, None, None
+        self._history_len = 0
+        self.update_enabled()
+
+    def update_enabled(self) -> None:
+        doc, actions = self.window.document, self.window.actions
+        for name in ("save", "save_as", "export", "copy_image"):
+            actions[name].setEnabled(doc.has_image)
+        actions["export_series"].setEnabled(bool(doc.history))
+
+    # -- recent ------------------------------------------------------------------------------
+
+    def recent(self) -> list[str]:
+        value = self.window.settings.value(RECENT_KEY, [], type=list)
+        return [str(v) for v in value if isinstance(v, str)]
+
+    def _remember(self, path: Path) -> None:
+        text = str(path.resolve())
+        items = [text] + [p for p in self.recent() if p != text]
+        self.window.settings.setValue(RECENT_KEY, items[:MAX_RECENT])
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        items = self.recent()
+        for n, item in enumerate(items, 1):
+            act = self.recent_menu.addAction(f"&{n} {Path(item).name}")
+            act.setToolTip(item)
+            act.triggered.connect(lambda *_, p=item: self.window.open_path(p))
+        if not items:
+            self.recent_menu.addAction("No recent projects").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear Recent", self._clear_recent)
+
+    def _clear_recent(self) -> None:
+        self.window.settings.setValue(RECENT_KEY, [])
+
+    # -- open --------------------------------------------------------------------------------
+
+    def open_project(self, path: str | Path, *, recovered: bool = False) -> bool:
+        """Read, validate, then replace the document; a bad file changes nothing."""
+        path = Path(path)
+        QGuiApplication.setOverrideCursor(self.window.cursor())
+        try:
+            project = read_project(path)
+        except DragStudioError as exc:
+            self.window.show_error("Cannot open project", str(exc))
+            return False
+        finally:
+            QGuiApplication.restoreOverrideCursor()
+        w = self.window
+        if not recovered and not w.undo_stack.isClean() and not w.confirm_discard():
+            return False
+        w.drag_ui.runner.discard()
+        project.apply(w.document, path)
+        w.undo_stack.clear()
+        self._history_len = len(w.document.history)
+        self.path = None if recovered else path
+        self.bundled = project.lora
+        self._trained, self._told_retrain = None, False
+        if project.lora is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.cache.put_bytes(project.lora.key, project.lora.data)
+        if recovered:
+            w.undo_stack.resetClean()  # recovered work is unsaved work
+        else:
+            self._remember(path)
+            w.settings.setValue("paths/last_dir", str(path.resolve().parent))
+        w._update_title()
+        self.update_enabled()
+        w.statusBar().showMessage(f"Opened {path.name}", 4000)
+        return True
+
+    # -- save --------------------------------------------------------------------------------
+
+    def current_lora(self) -> BundledLora | None:
+        """The LoRA of the latest drag (read back from the cache), else the opened project's."""
+        if self._trained is not None:
+            key, pending = self._trained
+            data = self.cache.read_bytes(key)
+            if data is not None:
+                r = pending.request
+                return BundledLora(
+                    key=key,
+                    params=r.lora,
+                    data=data,
+                    image_sha256=sha256_pixels(r.identity_image),
+                    prompt=r.prompt,
+                    model=r.model,
+                )
+        return self.bundled
+
+    def project(self) -> Project:
+        return Project.from_document(self.window.document, self.current_lora())
+
+    def save(self) -> bool:
+        if self.path is None:
+            return self.save_as()
+        return self.save_to(self.path)
+
+    def save_as(self) -> bool:
+        doc = self.window.document
+        if not doc.has_image:
+            return False
+        start = self.window.settings.value("paths/last_dir", "", type=str)
+        base = self.path or (doc.path.with_suffix(SUFFIX) if doc.path else Path("Untitled"))
+        suggestion = str(Path(start) / base.with_suffix(SUFFIX).name) if start else base.name
+        path, _ = QFileDialog.getSaveFileName(
+            self.window, "Save project", suggestion, PROJECT_FILTER
+        )
+        if not path:
+            return False
+        target = Path(path)
+        if target.suffix.lower() != SUFFIX:
+            target = target.with_name(target.name + SUFFIX)
+        return self.save_to(target)
+
+    def save_to(self, path: Path) -> bool:
+        w = self.window
+        try:
+            save_project(self.project(), path)
+        except DragStudioError as exc:
+            w.show_error("Cannot save project", str(exc))
+            return False
+        self.path = path
+        w.document.path = path
+        w.undo_stack.setClean()
+        self._remember(path)
+        w._update_title()
+        self.remove_recovery()
+        w.statusBar().showMessage(f"Saved {path.name}", 4000)
+        return True
+
+    def may_close(self) -> bool:
+        """Ask about unsaved work; False keeps the window open."""
+        w = self.window
+        if not w.document.has_image or w.undo_stack.isClean():
+            self.remove_recovery()
+            return True
+        answer = w.ask_save_changes()
+        if answer == "cancel" or (answer == "save" and not self.save()):
+            return False
+        self.remove_recovery()
+        return True
+
+    # -- autosave and recovery -----------------------------------------------------------------
+
+    @property
+    def recovery_file(self) -> Path:
+        return self.recovery_dir / f"recovery{SUFFIX}"
+
+    def autosave(self) -> bool:
+        """Write the recovery file when there is unsaved work; quietly, never a dialog."""
+        w = self.window
+        if not w.document.has_image or w.undo_stack.isClean():
+            return False
+        try:
+            self.recovery_dir.mkdir(parents=True, exist_ok=True)
+            save_project(self.project(), self.recovery_file, compress_level=1)
+            note = {"project": str(self.path) if self.path else None, "time": time.time()}
+            (self.recovery_dir / "recovery.json").write_text(json.dumps(note))
+        except (DragStudioError, OSError) as exc:
+            w.statusBar().showMessage(f"Autosave failed: {exc}", 8000)
+            return False
+        return True
+
+    def remove_recovery(self) -> None:
+        for name in (self.recovery_file.name, "recovery.json"):
+            with contextlib.suppress(OSError):
+                (self.recovery_dir / name).unlink()
+
+    def offer_recovery(self) -> bool:
+        """After a crash: offer the autosaved work. Returns whether it was recovered."""
+        if not self.recovery_file.is_file():
+            return False
+        if not self.window.ask_recover(self.recovery_file):
+            self.remove_recovery()
+            return False
+        ok = self.open_project(self.recovery_file, recovered=True)
+        if ok:
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                note = json.loads((self.recovery_dir / "recovery.json").read_text())
+                if note.get("project"):
+                    self.path = Path(note["project"])
+                    self.window.document.path = self.path
+                    self.window._update_title()
+        return ok
+
+    # -- export ------------------------------------------------------------------------------
+
+    def _ask_path(self, title: str) -> tuple[Path, int] | None:
+        w, doc = self.window, self.window.document
+        start = w.settings.value("paths/export_dir", "", type=str) or w.settings.value(
+            "paths/last_dir", "", type=str
+        )
+        stem = (self.path or doc.path or Path("edited")).stem
+        path, chosen = QFileDialog.getSaveFileName(
+            w, title, str(Path(start) / f"{stem}-edited.png"), EXPORT_FILTERS
+        )
+        if not path:
+            return None
+        target = Path(path)
+        if target.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            target = target.with_suffix(".jpg" if "JPEG" in chosen else
+                                        ".webp" if "WebP" in chosen else ".png")  # fmt: skip
+        quality = w.settings.value(QUALITY_KEY, 92, type=int)
+        if target.suffix.lower() != ".png":
+            quality, ok = QInputDialog.getInt(w, "Export quality", "Quality (1–100):",
+                                              quality, 1, 100)  # fmt: skip
+            if not ok:
+                return None
+            w.settings.setValue(QUALITY_KEY, quality)
+        w.settings.setValue("paths/export_dir", str(target.parent))
+        return target, quality
+
+    def export_dialog(self) -> None:
+        chosen = self._ask_path("Export image")
+        if chosen is not None:
+            self.export_to(*chosen)
+
+    def export_series_dialog(self) -> None:
+        chosen = self._ask_path("Export all accepted results (numbered)")
+        if chosen is not None:
+            self.export_series_to(*chosen)
+
+    def export_to(self, path: Path, quality: int = 92) -> bool:
+        """The current image at its full resolution, with the edit in its metadata."""
+        doc = self.window.document
+        if doc.image is None:
+            return False
+        record = edit_record(
+            doc.pairs, doc.prompt, doc.params, doc.lora, doc.model, history=doc.history
+        )
+        try:
+            export_image(doc.image, path, record, quality=quality)
+        except DragStudioError as exc:
+            self.window.show_error("Cannot export", str(exc))
+            return False
+        self.window.statusBar().showMessage(f"Exported {path.name}", 4000)
+        return True
+
+    def export_series_to(self, path: Path, quality: int = 92) -> list[Path]:
+        try:
+            paths = export_series(self.window.document.history, path, quality=quality)
+        except DragStudioError as exc:
+            self.window.show_error("Cannot export", str(exc))
+            return []
+        self.window.statusBar().showMessage(f"Exported {len(paths)} results", 4000)
+        return paths
+
+    def copy_image(self) -> None:
+        image = self.window.document.image
+        if image is not None:
+            QGuiApplication.clipboard().setImage(rgb_to_qimage(image))
+            self.window.statusBar().showMessage("Image copied to the clipboard", 3000)
+
+    def cache_dialog(self) -> None:
+        CacheSettingsDialog(self.cache, self.window.settings, self.window).exec()
+
+    # -- reactions ---------------------------------------------------------------------------
+
+    def _result_changed(self, pending: PendingResult | None) -> None:
+        if pending is None:
+            return
+        key = pending.trace.get("lora", {}).get("key")
+        if key:
+            self._trained = (str(key), pending)
+
+    def _stage_started(self, event: StageStarted) -> None:
+        bundled = self.bundled
+        if event.stage != Stage.LORA or bundled is None or event.total == 0:
+            return
+        try:
+            request = self.window.drag_ui.runner.build_request()
+        except DragStudioError:
+            return
+        why = bundled.mismatch(request) or "the model's weights differ from the ones it fitted"
+        message = f"Retraining the LoRA from the project: {why}."
+        self.window.drag_ui.progress.status.setText(message)
+        self.window.statusBar().showMessage(message, 10000)
+        self._told_retrain = True
+        self.bundled = None
+
+    def _on_document(self, notice: Notice) -> None:
+        if notice.change in (Change.IMAGE, Change.HISTORY):
+            self.update_enabled()
+        if notice.change == Change.HISTORY:
+            n = len(self.window.document.history)
+            grew = n > self._history_len
+            self._history_len = n
+            if grew:  # after each accepted result, once the stack has recorded it
+                QTimer.singleShot(0, self.autosave)
+
+    def shutdown(self) -> None:
+        self.timer.stop()
+        self._unsubscribe()
