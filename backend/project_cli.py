@@ -143,7 +143,7 @@ def project_after_edit(
         lora_params=request.lora,
         model=request.model,
         history=(*history, entry),
-        lora=_bundle(engine, request, lora_trace.get("key")),
+        lora=_bundle(engine, request, lora_trace.get("key"), previous),
     )
 
 
@@ -153,12 +153,16 @@ def _pair(p: PointPair) -> Any:
     return Pair(tuple(p.handle), tuple(p.target))
 
 
-def _bundle(engine: Any, request: DragRequest, key: str | None) -> BundledLora | None:
+def _bundle(
+    engine: Any, request: DragRequest, key: str | None, previous: Project | None
+) -> BundledLora | None:
     from backend.lora import lora_to_bytes
 
     current = engine.current_lora
     if key is None or current is None or current.key != key:
         return None
+    if previous is not None and previous.lora is not None and previous.lora.key == key:
+        return previous.lora  # the very file it came with, byte for byte
     return BundledLora(
         key=key,
         params=current.params,
