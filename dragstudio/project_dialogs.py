@@ -76,7 +76,7 @@ class CacheSettingsDialog(QDialog):
         layout.addWidget(note)
         layout.addWidget(self.clear_button)
         layout.addWidget(buttons)
-        self.resize(460, 0)
+        self.setMinimumWidth(460)
         self.refresh()
 
     def refresh(self) -> None:
