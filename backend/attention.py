@@ -16,12 +16,35 @@ import torch
 import torch.nn.functional as F
 
 
+class ReferenceKV:
+    """Keys and values of the reference rows, per layer and denoising step.
+
+    The reference rows' trajectory does not depend on the edit, so a second drag of the same
+    photo (same latent, LoRA, prompt and schedule) can replay them and denoise only the edited
+    rows — half the UNet work — with the same result up to float rounding.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.replay = False
+        self.store: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.store.values())
+
+
 class ReferenceAttnProcessor:
     """Self-attention whose keys/values come from the first half of the batch.
 
     Row ``i`` of the second half uses the keys and values of row ``i`` of the first half; the
     first half attends to itself, so reference rows are computed exactly as without control.
+    With a :class:`ReferenceKV` it records those keys and values, or (``replay``) takes them
+    from it while the batch holds only the edited rows.
     """
+
+    def __init__(self, name: str = "", kv: ReferenceKV | None = None) -> None:
+        self.name = name
+        self.kv = kv
 
     def __call__(
         self,
@@ -46,14 +69,21 @@ class ReferenceAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         batch = hidden_states.shape[0]
-        if batch % 2:
-            raise RuntimeError("reference-latent-control needs [reference, edited] batches")
-        half = batch // 2
-        reference = hidden_states[:half]
-
         query = attn.to_q(hidden_states)
-        key = attn.to_k(reference).repeat(2, 1, 1)
-        value = attn.to_v(reference).repeat(2, 1, 1)
+        slot = (self.name, self.kv.step) if self.kv is not None else None
+        if self.kv is not None and self.kv.replay:
+            ref_key, ref_value = self.kv.store[slot]  # type: ignore[index]
+            if ref_key.shape[0] != batch:
+                raise RuntimeError("replayed reference does not match the edited rows")
+            key, value = ref_key, ref_value
+        else:
+            if batch % 2:
+                raise RuntimeError("reference-latent-control needs [reference, edited] batches")
+            reference = hidden_states[: batch // 2]
+            ref_key, ref_value = attn.to_k(reference), attn.to_v(reference)
+            if self.kv is not None:
+                self.kv.store[slot] = (ref_key, ref_value)  # type: ignore[index]
+            key, value = ref_key.repeat(2, 1, 1), ref_value.repeat(2, 1, 1)
         heads = attn.heads
         head_dim = key.shape[-1] // heads
 
@@ -87,14 +117,18 @@ def controlled_layer_names(unet: Any, blocks: Iterable[int]) -> list[str]:
 
 
 @contextmanager
-def reference_control(unet: Any, blocks: Iterable[int]) -> Iterator[list[str]]:
+def reference_control(
+    unet: Any, blocks: Iterable[int], kv: ReferenceKV | None = None
+) -> Iterator[list[str]]:
     """Install :class:`ReferenceAttnProcessor` in the chosen blocks; restore on exit."""
     original = dict(unet.attn_processors)
     names = controlled_layer_names(unet, blocks)
-    processor = ReferenceAttnProcessor()
     try:
         unet.set_attn_processor(
-            {name: (processor if name in names else proc) for name, proc in original.items()}
+            {
+                name: (ReferenceAttnProcessor(name, kv) if name in names else proc)
+                for name, proc in original.items()
+            }
         )
         yield names
     finally:

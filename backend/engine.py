@@ -9,6 +9,7 @@ reference-latent-control. It reports typed events and returns the edited image a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import resource
 import sys
 import threading
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from backend import imaging
-from backend.attention import reference_control
+from backend.attention import ReferenceKV, reference_control
 from backend.ddim import Schedule
 from backend.drag import DragStepInfo, optimize_latent
 from backend.errors import Cancelled, DragStudioError, InvalidRequest
@@ -114,6 +115,7 @@ class Engine:
         lora_cache: LoraCache | None = None,
         allow_download: bool = True,
         single_file_config: str | None = None,
+        reuse_reference: bool = True,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
@@ -121,12 +123,16 @@ class Engine:
         self.allow_download = allow_download
         # Configs + tokenizer for .safetensors checkpoints (diffusers folder or hub id; SD-1.5's).
         self.single_file_config = single_file_config
+        self.reuse_reference = reuse_reference
+        """Keep the reference rows' attention keys/values so re-drags denoise only the edit."""
         self.pipe: Any = None
         self.source: ModelSource | None = None
         self.model_spec: str | None = None
         self._lora: LoraInfo | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
         self._latent_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._inversion_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._reference_cache: tuple[tuple[Any, ...], ReferenceKV] | None = None
 
     # -- model -------------------------------------------------------------------------------
 
@@ -186,6 +192,8 @@ class Engine:
         self._lora = None
         self._text_cache.clear()
         self._latent_cache = None
+        self._inversion_cache = None
+        self._reference_cache = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -215,6 +223,8 @@ class Engine:
         if self.pipe is not None:
             remove_adapter(self.pipe.unet)
         self._lora = None
+        self._inversion_cache = None
+        self._reference_cache = None
 
     def lora_key_for(self, request: DragRequest) -> str:
         self._require_model()
@@ -305,14 +315,41 @@ class Engine:
                 pass
             lora_detail: dict[str, Any] = {"steps": 0, "cached": False, "source": "generated"}
             with self._stage(Stage.INVERSION, 0, emit, stages, "skipped (generated image)"):
-                zt = torch.from_numpy(generation.trajectory[start : start + 1]).to(self.device)
+                start_latent = generation.trajectory[start : start + 1]
+                zt = torch.from_numpy(start_latent).to(self.device)
+            reference_key: tuple[Any, ...] = (
+                self.model_spec,
+                "generated",
+                hashlib.sha256(start_latent.tobytes()).hexdigest(),
+                generation.prompt,
+                generation.negative_prompt,
+                guidance,
+                len(schedule.timesteps),
+                start,
+            )
         else:
             # 1. Identity-preserving LoRA.
             lora_detail = self._prepare_lora(request, text, schedule, emit, token, stages)
-            # 2. DDIM inversion to z_t.
-            with self._stage(Stage.INVERSION, inv_steps, emit, stages):
-                z0 = self._encode(request.image, (work_w, work_h))
-                zt = self._invert(z0, text, schedule, inv_steps, emit, token)
+            # 2. DDIM inversion to z_t, reused when nothing it depends on changed.
+            digest = _pixels_digest(request.image)
+            reference_key = (
+                self.model_spec,
+                lora_detail.get("key", "no-lora"),
+                digest,
+                (work_w, work_h),
+                request.prompt,
+                len(schedule.timesteps),
+                inv_steps,
+            )
+            cached = self._inversion_cache
+            if cached is not None and cached[0] == reference_key:
+                with self._stage(Stage.INVERSION, 0, emit, stages, "reusing the inverted latent"):
+                    zt = cached[1]
+            else:
+                with self._stage(Stage.INVERSION, inv_steps, emit, stages):
+                    z0 = self._encode(request.image, digest, (work_w, work_h))
+                    zt = self._invert(z0, text, schedule, inv_steps, emit, token)
+                self._inversion_cache = (reference_key, zt)
 
         # 3. Latent optimisation.
         pairs = request.pairs
@@ -388,7 +425,7 @@ class Engine:
         denoise_steps = len(schedule.timesteps) - start
         adapters = _adapters_disabled(unet) if generation is not None else contextlib.nullcontext()
         with adapters, self._stage(Stage.DENOISE, denoise_steps, emit, stages):
-            latents = self._denoise(
+            edited = self._denoise(
                 zt,
                 outcome.latent,
                 text,
@@ -396,10 +433,11 @@ class Engine:
                 schedule,
                 start,
                 params.ref_control_blocks,
+                (*reference_key, tuple(params.ref_control_blocks)),
                 emit,
                 token,
             )
-            working = self._decode(latents[1:2])
+            working = self._decode(edited)
             token.check()
 
         result = imaging.restore_resolution(working, image_size)
@@ -498,7 +536,8 @@ class Engine:
         params = request.lora
         if params.steps == 0:
             with self._stage(Stage.LORA, 0, emit, stages, "skipped (0 steps)"):
-                self.forget_lora()
+                if self._lora is not None or has_adapter(unet):
+                    self.forget_lora()
             return {"steps": 0, "cached": False, "source": "none"}
         key = self.lora_key_for(request)
         if self._lora is not None and self._lora.key == key and has_adapter(unet):
@@ -518,6 +557,8 @@ class Engine:
                 if entry is not None:
                     return {"steps": params.steps, "cached": True, "source": "disk", "key": key}
         self._lora = None
+        self._inversion_cache = None  # both depend on the adapter about to change
+        self._reference_cache = None
         with self._stage(Stage.LORA, params.steps, emit, stages, "fine-tuning LoRA"):
 
             def on_step(step: int, loss: float) -> None:
@@ -545,9 +586,9 @@ class Engine:
         return {"steps": params.steps, "cached": False, "source": "trained", "key": key}
 
     @torch.no_grad()
-    def _encode(self, image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    def _encode(self, image: np.ndarray, digest: str, size: tuple[int, int]) -> torch.Tensor:
         """VAE posterior mean of the working image, scaled; computed once per image and size."""
-        key = (self.model_spec, size, image.shape, hash(image.tobytes()))
+        key = (self.model_spec, size, digest)
         if self._latent_cache is not None and self._latent_cache[0] == key:
             return self._latent_cache[1]
         vae = self.pipe.vae
@@ -601,35 +642,49 @@ class Engine:
         schedule: Schedule,
         start: int,
         blocks: tuple[int, ...],
+        reference_key: tuple[Any, ...],
         emit: EventSink,
         token: CancelToken,
     ) -> torch.Tensor:
-        """Denoise ``[reference, edited]`` together; the edited row attends to the reference.
+        """Denoise the edited latent beside its reference; return the edited clean latent.
 
-        With guidance the batch is ``[ref·uncond, ref·cond, edit·uncond, edit·cond]``, so each
-        half of the edited rows reads its own reference half. Returns ``[reference, edited]``.
+        The batch is ``[reference, edited]`` (with guidance ``[ref·uncond, ref·cond,
+        edit·uncond, edit·cond]``) and the edited rows attend to their reference rows. When the
+        same reference was denoised before, its recorded keys and values are replayed and only
+        the edited rows run.
         """
         unet = self.pipe.unet
         cfg = guidance > 1.0
-        z = torch.cat([reference.float(), edited.float()])
-        emb = text.repeat(2, 1, 1)
+        kv: ReferenceKV | None = None
+        replay = False
+        if blocks and self.reuse_reference:
+            cached = self._reference_cache
+            replay = cached is not None and cached[0] == reference_key
+            kv = cached[1] if replay and cached is not None else ReferenceKV()
+            kv.replay = replay
+        z = edited.float() if replay else torch.cat([reference.float(), edited.float()])
+        emb = text if replay else text.repeat(2, 1, 1)
         timesteps = schedule.timesteps[start:]
-        control = reference_control(unet, blocks) if blocks else contextlib.nullcontext()
+        control = reference_control(unet, blocks, kv) if blocks else contextlib.nullcontext()
         with control:
             for i, t in enumerate(timesteps):
                 token.check()
+                if kv is not None:
+                    kv.step = i
                 batch = z.repeat_interleave(2, dim=0) if cfg else z
                 with self._autocast():
                     out = unet(
                         batch.to(unet.dtype), t, encoder_hidden_states=emb, return_dict=False
                     )[0].float()
                 if cfg:
-                    # Rows are [ref_u, ref_c, edit_u, edit_c]: guide each latent's pair.
-                    pairs = out.view(2, 2, *out.shape[1:])
+                    # Rows come in (uncond, cond) pairs per latent: guide each pair.
+                    pairs = out.view(-1, 2, *out.shape[1:])
                     out = pairs[:, 0] + guidance * (pairs[:, 1] - pairs[:, 0])
                 z = schedule.step(out, t, z)
                 emit(StepProgress(Stage.DENOISE, i + 1, len(timesteps)))
-        return z
+        if kv is not None and not replay:
+            self._reference_cache = (reference_key, kv)  # only complete recordings are kept
+        return z[-1:]
 
     def _conditioning(self, prompt: str, negative: str, guidance: float) -> torch.Tensor:
         """``[uncond; cond]`` embeddings with guidance, ``cond`` alone without."""
@@ -687,6 +742,12 @@ def _adapters_disabled(unet: Any) -> Iterator[None]:
         yield
     finally:
         unet.enable_adapters()
+
+
+def _pixels_digest(image: np.ndarray) -> str:
+    h = hashlib.sha256(f"{image.shape}{image.dtype}".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
 
 
 def save_image(image: np.ndarray, path: Path) -> None:

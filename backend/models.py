@@ -6,6 +6,7 @@ scheduler settings, on one device, in half precision on GPUs and float32 on CPUs
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from dataclasses import dataclass
@@ -140,6 +141,12 @@ def resolve_single_file_config(
         ) from exc
 
 
+def _pretrained_dtype_kwarg() -> str:
+    from diffusers.pipelines import pipeline_utils
+
+    return "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
+
+
 def load_pipeline(
     spec: str,
     device: torch.device,
@@ -156,35 +163,40 @@ def load_pipeline(
     default), see :func:`resolve_single_file_config`.
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()  # progress is ours to report
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     source = resolve_source(spec)
     dtype = dtype or default_dtype(device)
-    common: dict[str, Any] = {
-        "torch_dtype": dtype,
-        "safety_checker": None,
-        "requires_safety_checker": False,
-    }
+    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    # Newer diffusers call it `dtype` in from_pretrained; from_single_file still `torch_dtype`.
+    pretrained = {**common, _pretrained_dtype_kwarg(): dtype}
+    single = {**common, "torch_dtype": dtype}
     try:
         if source.kind == "folder":
             pipe = StableDiffusionPipeline.from_pretrained(
-                source.location, local_files_only=True, **common
+                source.location, local_files_only=True, **pretrained
             )
         elif source.kind == "file":
             config = resolve_single_file_config(
                 source.location, single_file_config, allow_download=allow_download
             )
             pipe = StableDiffusionPipeline.from_single_file(
-                source.location, config=config, local_files_only=True, **common
+                source.location, config=config, local_files_only=True, **single
             )
         else:
             try:
                 pipe = StableDiffusionPipeline.from_pretrained(
-                    source.location, local_files_only=True, **common
+                    source.location, local_files_only=True, **pretrained
                 )
             except Exception:
                 if not allow_download or _hub_offline():
                     raise
-                pipe = StableDiffusionPipeline.from_pretrained(source.location, **common)
+                pipe = StableDiffusionPipeline.from_pretrained(source.location, **pretrained)
     except ModelNotFound:
         raise
     except Exception as exc:

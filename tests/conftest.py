@@ -17,6 +17,12 @@ _PRIVATE = tempfile.mkdtemp(prefix="dragstudio-tests-")
 os.environ.setdefault("DRAGSTUDIO_DATA_DIR", os.path.join(_PRIVATE, "data"))
 os.environ.setdefault("DRAGSTUDIO_CACHE_DIR", os.path.join(_PRIVATE, "cache"))
 
+if os.environ.get("DRAGSTUDIO_TEST_THREADS"):
+    # On a machine shared with other heavy work, fewer torch threads avoid oversubscription.
+    import torch
+
+    torch.set_num_threads(int(os.environ["DRAGSTUDIO_TEST_THREADS"]))
+
 DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-dev"
 
 

@@ -142,7 +142,7 @@ def test_run_reports_failures_as_events(engine, tiny_model_dir, photo, monkeypat
     def oom(*_a, **_k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(engine, "_invert", oom)
+    monkeypatch.setattr(engine, "_denoise", oom)
     events.clear()
     assert (
         engine.run(_request(photo, tiny_model_dir, lora=LoraParams(steps=0)), events.append) is None
@@ -164,3 +164,30 @@ def test_invalid_requests_fail_before_any_work(engine, tiny_model_dir, photo) ->
     with pytest.raises(InvalidRequest, match="LoRA steps"):
         engine.edit(_request(photo, tiny_model_dir, lora=LoraParams(steps=-1)), events.append)
     assert events == []
+
+
+def test_redrags_reuse_the_inversion_and_the_reference_rows(tiny_model_dir, photo) -> None:
+    """A second drag on the same photo skips inversion and denoises only the edited row,
+    with the same result (to float rounding) as an engine that recomputes everything."""
+    cached, fresh = Engine("cpu"), Engine("cpu", reuse_reference=False)
+    first = _request(photo, tiny_model_dir, lora=LoraParams(steps=0))
+    second = replace(first, pairs=(PointPair((60.0, 200.0), (90.0, 180.0)),))
+    cached.edit(first)
+    batches: list[int] = []
+    cached.load_model(str(tiny_model_dir))
+    hook = cached.pipe.unet.register_forward_pre_hook(
+        lambda _m, args: batches.append(int(args[0].shape[0]))
+    )
+    events: list = []
+    try:
+        again = cached.edit(second, events.append)
+    finally:
+        hook.remove()
+    notes = {e.stage: e.detail for e in events if isinstance(e, StageStarted)}
+    assert notes[Stage.INVERSION] == "reusing the inverted latent"
+    denoise_steps = 10 - 3  # 7 of 10 DDIM steps
+    assert batches[-denoise_steps:] == [1] * denoise_steps  # only the edited row ran
+    reference = fresh.edit(second)
+    diff = np.abs(again.image.astype(int) - reference.image.astype(int))
+    assert diff.max() <= 2, diff.max()
+    assert again.trace["final_handles"] == reference.trace["final_handles"]
