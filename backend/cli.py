@@ -95,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--mask", type=Path, help="PNG of the image's size: non-black = editable")
     edit.add_argument("--prompt", help="text describing the image (default: empty, or the case's)")
     edit.add_argument("--lora-steps", type=int, help="LoRA fine-tuning steps (80; 0 skips)")
+    edit.add_argument(
+        "--lora-resolution", type=int, help="side of the LoRA's square training crops (512)"
+    )
     edit.add_argument("--drag-steps", type=int, help="latent optimisation iterations (80)")
     edit.add_argument("--inversion-strength", type=float, help="fraction of DDIM inverted (0.7)")
+    edit.add_argument("--ddim-steps", type=int, help="DDIM schedule length (50)")
     edit.add_argument("--latent-lr", type=float, help="Adam learning rate on the latent (0.01)")
     edit.add_argument("--lam", type=float, help="weight of the mask term, λ (0.1)")
     edit.add_argument("--r1", type=int, help="motion supervision radius (1)")
@@ -176,6 +180,7 @@ def _build_request(args: argparse.Namespace) -> Any:
 
     overrides = {
         "drag_steps": args.drag_steps,
+        "inference_steps": args.ddim_steps,
         "inversion_strength": args.inversion_strength,
         "latent_lr": args.latent_lr,
         "lam": args.lam,
@@ -186,7 +191,7 @@ def _build_request(args: argparse.Namespace) -> Any:
     params = replace(DragParams(), **{k: v for k, v in overrides.items() if v is not None})
     if args.no_keep_pixels:
         params = replace(params, keep_unmasked_pixels=False)
-    lora_over = {"steps": args.lora_steps, "seed": args.seed}
+    lora_over = {"steps": args.lora_steps, "seed": args.seed, "resolution": args.lora_resolution}
     lora = replace(LoraParams(), **{k: v for k, v in lora_over.items() if v is not None})
     request = DragRequest(
         image=image,
