@@ -17,13 +17,20 @@ _PRIVATE = tempfile.mkdtemp(prefix="dragstudio-tests-")
 os.environ.setdefault("DRAGSTUDIO_DATA_DIR", os.path.join(_PRIVATE, "data"))
 os.environ.setdefault("DRAGSTUDIO_CACHE_DIR", os.path.join(_PRIVATE, "cache"))
 
-if os.environ.get("DRAGSTUDIO_TEST_THREADS"):
-    # On a machine shared with other heavy work, fewer torch threads avoid oversubscription.
+# One torch thread: the tiny test models gain nothing from more, and on a 2-core machine shared
+# with other work extra threads oversubscribe it (measured: 2-3× slower suite). Subprocesses
+# inherit it through OMP_NUM_THREADS. Set DRAGSTUDIO_TEST_THREADS to change it.
+_threads = os.environ.setdefault("DRAGSTUDIO_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", _threads)
+
+DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-dev"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["DRAGSTUDIO_TEST_THREADS"]))
-
-DEV_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dragbench-dev"
 
 
 @pytest.fixture(scope="session")

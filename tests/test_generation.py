@@ -58,7 +58,7 @@ def test_drag_on_a_generated_image_skips_lora_and_inversion(
     real = engine_module.optimize_latent
 
     def spy(latent, forward, *args, **kwargs):
-        out, feats = forward(latent)
+        _, feats = forward(latent)
         shapes.append(tuple(feats.shape))
         return real(latent, forward, *args, **kwargs)
 
