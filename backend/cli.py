@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     from backend.project_cli import add_project_command  # project info
 
     COMMANDS.update(add_project_command(sub))
+    from backend.generate_cli import add_generate_command  # generate
+
+    COMMANDS.update(add_generate_command(sub))
     return parser
 
 

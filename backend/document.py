@@ -15,12 +15,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from backend.errors import InvalidRequest
 from backend.request import DEFAULT_MODEL, DragParams, DragRequest, LoraParams, PointPair
+
+if TYPE_CHECKING:
+    from backend.generation import Generation
 
 MAX_SIDE = 16384
 """Largest width or height we open, the same bound the engine's request accepts."""
@@ -318,6 +322,9 @@ class Document:
         """The photo as opened: accepted results replace ``image`` but not this, so dragging
         them again can keep the LoRA trained on the photo."""
         self.history: list[HistoryEntry] = []
+        self.generation: Generation | None = None
+        """How ``original`` was generated, when it was: drags on it then start from its kept
+        latents (no LoRA, no inversion). Cleared by opening any other image."""
         self._observers: list[Observer] = []
 
     # -- observers ---------------------------------------------------------------------------
@@ -349,8 +356,17 @@ class Document:
             return (0, 0)
         return int(self.image.shape[1]), int(self.image.shape[0])
 
-    def set_image(self, image: np.ndarray, path: str | Path | None = None) -> None:
-        """Start over on ``image``: no points, an empty mask. Prompt and parameters stay."""
+    def set_image(
+        self,
+        image: np.ndarray,
+        path: str | Path | None = None,
+        *,
+        generation: Generation | None = None,
+    ) -> None:
+        """Start over on ``image``: no points, an empty mask. Prompt and parameters stay.
+
+        ``generation`` says how ``image`` was generated; any other image drops the old one.
+        """
         if not (
             isinstance(image, np.ndarray)
             and image.ndim == 3
@@ -358,8 +374,14 @@ class Document:
             and image.dtype == np.uint8
         ):
             raise InvalidRequest("the image must be an H×W×3 uint8 RGB array")
+        if generation is not None and (generation.width, generation.height) != (
+            image.shape[1],
+            image.shape[0],
+        ):
+            raise InvalidRequest("the image is not the size it was generated at")
         self.image = np.ascontiguousarray(image)
         self.original = self.image
+        self.generation = generation
         self.history = []
         self.path = Path(path) if path is not None else None
         self.mask = np.zeros(image.shape[:2], dtype=bool)
@@ -377,10 +399,15 @@ class Document:
         self._swap_image(entry.after, [])
 
     def restore(
-        self, original: np.ndarray, history: Sequence[HistoryEntry], path: str | Path | None = None
+        self,
+        original: np.ndarray,
+        history: Sequence[HistoryEntry],
+        path: str | Path | None = None,
+        *,
+        generation: Generation | None = None,
     ) -> None:
         """Reopen a saved session: the photo, then its accepted results in order."""
-        self.set_image(original, path)
+        self.set_image(original, path, generation=generation)
         if history:
             if any(e.after.shape != original.shape for e in history):
                 raise InvalidRequest("a saved result does not fit the photo")
@@ -538,8 +565,9 @@ class Document:
         """The edit this document describes: complete pairs only, mask as bool.
 
         On an accepted result, ``keep_photo_lora`` trains (and so reuses) the LoRA on the photo
-        as opened rather than on the result. Raises :class:`InvalidRequest` when there is no
-        image; the request's own ``validate()`` says what else is missing.
+        as opened rather than on the result. A generated image carries its generation until a
+        result is accepted (the accepted image has no kept latents). Raises
+        :class:`InvalidRequest` when there is no image; ``validate()`` says what else is missing.
         """
         if self.image is None or self.mask is None:
             raise InvalidRequest("no image is open")
@@ -556,11 +584,12 @@ class Document:
             lora=self.lora,
             model=self.model,
             lora_image=lora_image,
+            generation=self.generation if not self.history else None,
         )
 
     def load_request(self, request: DragRequest, path: str | Path | None = None) -> None:
         """Make the document describe ``request`` (a project being opened)."""
-        self.set_image(request.image, path)
+        self.set_image(request.image, path, generation=request.generation)
         if request.mask is not None:
             self.set_mask(request.mask)
         self.set_pairs(Pair(p.handle, p.target) for p in request.pairs)

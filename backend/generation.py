@@ -4,19 +4,25 @@ A generated image needs neither identity-preserving fine-tuning nor inversion: t
 own latent at the inversion-strength timestep is the exact starting point, and denoising that
 latent again with the same prompts and guidance reproduces the image. With classifier-free
 guidance the unconditional and conditional rows travel together through every stage.
+
+torch is imported only where sampling needs it: the project reader and the document build
+:class:`Generation` on the GUI thread, which must stay torch-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from backend.ddim import Schedule
 from backend.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import torch
+
+    from backend.ddim import Schedule
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +80,6 @@ def guide(model_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     return uncond + guidance_scale * (cond - uncond)
 
 
-@torch.no_grad()
 def run_generation(
     unet: Any,
     text: torch.Tensor,
@@ -90,6 +95,24 @@ def run_generation(
 
     ``text`` is ``[uncond; cond]`` with guidance, or just ``cond`` without.
     """
+    import torch
+
+    with torch.no_grad():
+        return _sample(unet, text, schedule, generation, device, autocast, on_step, check_cancel)
+
+
+def _sample(
+    unet: Any,
+    text: torch.Tensor,
+    schedule: Schedule,
+    generation: Generation,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    on_step: Callable[[int], None] | None,
+    check_cancel: Callable[[], None] | None,
+) -> np.ndarray:
+    import torch
+
     gen = torch.Generator().manual_seed(generation.seed)
     shape = (1, 4, generation.height // 8, generation.width // 8)
     z = torch.randn(shape, generator=gen, dtype=torch.float32).to(device)

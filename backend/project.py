@@ -35,6 +35,7 @@ from PIL import Image
 from backend import __version__
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import DragStudioError, InvalidRequest
+from backend.generation import Generation
 from backend.request import (
     DragParams,
     DragRequest,
@@ -45,19 +46,23 @@ from backend.request import (
 )
 
 FORMAT = "dragstudio-project"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SUFFIX = ".dragstudio"
 
 MANIFEST = "manifest.json"
 IMAGE = "image.png"
 MASK = "mask.png"
 LORA = "lora/adapter.safetensors"
+LATENTS = "generation/latents.safetensors"
 _RESULT = re.compile(r"^results/(\d{4})\.png$")
 
 MAX_FILE_BYTES = 4 * 2**30
 MAX_MANIFEST_BYTES = 1 * 2**20
 MAX_PNG_BYTES = 512 * 2**20
 MAX_LORA_BYTES = 1 * 2**30
+MAX_LATENTS_BYTES = 256 * 2**20
+"""A generation's kept trajectory: 1024×1024 at 50 steps is 13 MB, 2048×2048 at 100 steps
+106 MB; anything larger is no trajectory DragStudio makes."""
 MAX_TOTAL_BYTES = 4 * 2**30
 """Sum of uncompressed member sizes (as declared and as actually read)."""
 MAX_HISTORY = 500
@@ -126,6 +131,8 @@ class Project:
     model: str
     history: tuple[HistoryEntry, ...] = ()
     lora: BundledLora | None = None
+    generation: Generation | None = None
+    """Set when ``original`` was generated here: its kept latents replace LoRA and inversion."""
     format_version: int = FORMAT_VERSION
     app_version: str = __version__
 
@@ -135,7 +142,11 @@ class Project:
         return self.history[-1].after if self.history else self.original
 
     def to_request(self) -> DragRequest:
-        """The edit the project describes (complete pairs; the LoRA learns the photo)."""
+        """The edit the project describes (complete pairs; the LoRA learns the photo).
+
+        A generated image drags from its kept latents until a result is accepted; after that
+        the image is no longer the generation's, so it is dragged like a photo.
+        """
         lora_image = self.original if self.history else None
         return DragRequest(
             image=self.image,
@@ -146,6 +157,7 @@ class Project:
             lora=self.lora_params,
             model=self.model,
             lora_image=lora_image,
+            generation=None if self.history else self.generation,
         )
 
     @classmethod
@@ -162,11 +174,12 @@ class Project:
             model=doc.model,
             history=tuple(doc.history),
             lora=lora,
+            generation=doc.generation,
         )
 
     def apply(self, doc: Document, path: str | Path | None = None) -> None:
         """Make ``doc`` this project (the GUI validates by reading first, so this cannot fail)."""
-        doc.restore(self.original, self.history, path)
+        doc.restore(self.original, self.history, path, generation=self.generation)
         if self.mask is not None:
             doc.set_mask(self.mask)
         doc.set_pairs(self.pairs)
@@ -232,7 +245,41 @@ def manifest_of(project: Project) -> dict[str, Any]:
             "prompt": lora.prompt,
             "model": lora.model,
         },
+        "generation": None if project.generation is None else _generation_json(project.generation),
     }
+
+
+def _generation_json(g: Generation) -> dict[str, Any]:
+    return {
+        "file": LATENTS,
+        "prompt": g.prompt,
+        "negative_prompt": g.negative_prompt,
+        "seed": int(g.seed),
+        "width": int(g.width),
+        "height": int(g.height),
+        "guidance_scale": float(g.guidance_scale),
+        "steps": int(g.steps),
+    }
+
+
+def latents_bytes(trajectory: np.ndarray) -> bytes:
+    """The trajectory as a safetensors file: one little-endian float32 tensor "trajectory".
+
+    Written by hand (the format is a length, a JSON header and the raw bytes) so that saving and
+    reading stay free of torch and of any loader that would trust the header.
+    """
+    data = np.ascontiguousarray(trajectory, dtype="<f4").tobytes()
+    header = {
+        "__metadata__": {"format": "dragstudio-generation"},
+        "trajectory": {
+            "dtype": "F32",
+            "shape": list(trajectory.shape),
+            "data_offsets": [0, len(data)],
+        },
+    }
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the spec pads the header so the data is 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw + data
 
 
 def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, int]]:
@@ -250,6 +297,8 @@ def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, in
         out.append((f"results/{n:04d}.png", _png(entry.after, compress_level), stored))
     if project.lora is not None:
         out.append((LORA, project.lora.data, stored))
+    if project.generation is not None:
+        out.append((LATENTS, latents_bytes(project.generation.trajectory), stored))
     return out
 
 
@@ -263,6 +312,19 @@ def _check_before_writing(project: Project) -> None:
         raise ProjectError(f"cannot save more than {MAX_HISTORY} accepted results")
     if project.lora is not None:
         _check_safetensors(project.lora.data, project.lora.key)
+    g = project.generation
+    if g is not None:
+        try:
+            g.validate()
+        except InvalidRequest as exc:
+            raise ProjectError(f"cannot save the generation: {exc}") from exc
+        h, w = project.original.shape[:2]
+        if (g.width, g.height) != (w, h):
+            raise ProjectError(
+                f"cannot save: the image is {w}×{h}, the generation {g.width}×{g.height}"
+            )
+        if g.trajectory.nbytes > MAX_LATENTS_BYTES:
+            raise ProjectError("cannot save: the generation's latents are too large")
 
 
 def _file_mode(path: Path) -> int:
@@ -427,10 +489,14 @@ def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
 # Reading: the archive
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-"""``MIGRATIONS[n]`` turns a version-``n`` manifest into version ``n + 1``. Version 1 is the
-first published format, so there is nothing to migrate yet; each later format change adds its
-step here (and a test reading a file of the old version)."""
+def _v1_to_v2(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 adds generated images; a version-1 project never holds one."""
+    return {**manifest, "generation": None}
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+"""``MIGRATIONS[n]`` turns a version-``n`` manifest into version ``n + 1``; each format change
+adds its step here (and a test reading a file of the old version)."""
 
 
 def migrate(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -456,11 +522,13 @@ def _limit(name: str) -> int:
         return MAX_MANIFEST_BYTES
     if name == LORA:
         return MAX_LORA_BYTES
+    if name == LATENTS:
+        return MAX_LATENTS_BYTES
     return MAX_PNG_BYTES
 
 
 def _allowed(name: str) -> bool:
-    return name in (MANIFEST, IMAGE, MASK, LORA) or _RESULT.match(name) is not None
+    return name in (MANIFEST, IMAGE, MASK, LORA, LATENTS) or _RESULT.match(name) is not None
 
 
 class _Archive:
@@ -471,7 +539,7 @@ class _Archive:
         self.infos: dict[str, zipfile.ZipInfo] = {}
         total = 0
         infos = zf.infolist()
-        if len(infos) > MAX_HISTORY + 4:
+        if len(infos) > MAX_HISTORY + 5:
             raise ProjectError(f"the archive has too many members ({len(infos)})")
         for info in infos:
             name = info.filename
@@ -591,6 +659,68 @@ def _lora(raw: Any, archive: _Archive) -> BundledLora | None:
     )
 
 
+def _latents(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The kept trajectory from its safetensors bytes: exactly one F32 tensor of ``shape``."""
+    where = LATENTS
+    if len(data) < 8:
+        raise _fail(where, "truncated")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(len(data) - 8, 1 * 2**20):
+        raise _fail(where, "the header is larger than the file")
+    header = _obj(_parse_json(data[8 : 8 + n], where), where)
+    names = [k for k in header if k != "__metadata__"]
+    if names != ["trajectory"]:
+        raise _fail(where, f"expected one tensor named 'trajectory', found {names[:4]!r}")
+    spec = _obj(header["trajectory"], f"{where} trajectory")
+    if spec.get("dtype") != "F32":
+        raise _fail(where, f"the trajectory must be F32, not {str(spec.get('dtype'))[:20]!r}")
+    found = spec.get("shape")
+    if found != list(shape):
+        raise _fail(
+            where, f"the trajectory has shape {str(found)[:60]}, the manifest implies {list(shape)}"
+        )
+    size = 4 * math.prod(shape)
+    if spec.get("data_offsets") != [0, size] or len(data) - 8 - n != size:
+        raise _fail(where, "the tensor's data does not match its header")
+    out = np.frombuffer(data, dtype="<f4", count=math.prod(shape), offset=8 + n)
+    out = out.reshape(shape).astype(np.float32)
+    if not np.isfinite(out).all():
+        raise _fail(where, "the trajectory contains NaN or infinity")
+    return out
+
+
+def _generation(raw: Any, archive: _Archive, size: tuple[int, int]) -> Generation | None:
+    if raw is None:
+        return None
+    d = _obj(raw, "generation")
+    if d.get("file") != LATENTS:
+        raise _fail("generation.file", f"expected {LATENTS!r}")
+    width = _int(d.get("width"), "generation.width", 64, 2048)
+    height = _int(d.get("height"), "generation.height", 64, 2048)
+    if (width, height) != size:
+        raise _fail("generation", f"made {width}×{height}, but the image is {size[0]}×{size[1]}")
+    steps = _int(d.get("steps"), "generation.steps", 2, 1000)
+    shape = (steps + 1, 4, height // 8, width // 8)
+    if 4 * math.prod(shape) > MAX_LATENTS_BYTES:
+        raise _fail("generation", f"{steps} steps at {width}×{height} keep too many latents")
+    trajectory = _latents(archive.read(LATENTS), shape)
+    generation = Generation(
+        prompt=_text(d.get("prompt"), "generation.prompt"),
+        negative_prompt=_text(d.get("negative_prompt", ""), "generation.negative_prompt"),
+        seed=_int(d.get("seed"), "generation.seed", 0, 2**63 - 1),
+        width=width,
+        height=height,
+        guidance_scale=_float(d.get("guidance_scale"), "generation.guidance_scale"),
+        steps=steps,
+        trajectory=trajectory,
+    )
+    try:
+        generation.validate()
+    except InvalidRequest as exc:
+        raise _fail("generation", str(exc)) from None
+    return generation
+
+
 def _project(archive: _Archive) -> Project:
     manifest = _obj(_parse_json(archive.read(MANIFEST), MANIFEST), MANIFEST)
     if manifest.get("format") != FORMAT:
@@ -622,6 +752,9 @@ def _project(archive: _Archive) -> Project:
         raise ProjectError(f"{LORA} is not listed in the manifest")
     if mask is None and archive.has(MASK):
         raise ProjectError(f"{MASK} is not listed in the manifest")
+    generation = _generation(manifest.get("generation"), archive, size)
+    if generation is None and archive.has(LATENTS):
+        raise ProjectError(f"{LATENTS} is not listed in the manifest")
     return Project(
         original=original,
         mask=mask,
@@ -632,6 +765,7 @@ def _project(archive: _Archive) -> Project:
         model=_model(manifest.get("model")),
         history=history,
         lora=lora,
+        generation=generation,
         format_version=FORMAT_VERSION,
         app_version=_text(manifest.get("app_version", ""), "app_version", 64),
     )
@@ -708,7 +842,16 @@ def describe(project: Project, path: str | Path | None = None) -> str:
         f"seed {project.lora_params.seed}",
         f"history:   {len(project.history)} accepted result(s)",
     ]
-    if project.lora is None:
+    g = project.generation
+    if g is not None:
+        lines.append(
+            f"generated: {g.width}×{g.height}, {g.steps} steps, guidance {g.guidance_scale:g}, "
+            f"seed {g.seed}, prompt {g.prompt!r}"
+            + ("" if project.history else " (drags from its kept latents: no LoRA, no inversion)")
+        )
+    if project.lora is None and g is not None and not project.history:
+        lines.append("trained:   no LoRA needed (a generated image)")
+    elif project.lora is None:
         lines.append("trained:   no LoRA bundled (the next drag trains one)")
     else:
         lora = project.lora
@@ -720,3 +863,21 @@ def describe(project: Project, path: str | Path | None = None) -> str:
         if why:
             lines.append(f"           it will be retrained: {why}")
     return "\n".join(lines)
+
+
+def project_from_generation(image: np.ndarray, generation: Generation, model: str) -> Project:
+    """A new session on a generated image: no points or mask yet, its latents kept.
+
+    The prompt is the generation's, so a LoRA trained after a result is accepted learns the
+    image under the words that made it.
+    """
+    return Project(
+        original=np.ascontiguousarray(image),
+        mask=None,
+        pairs=(),
+        prompt=generation.prompt,
+        params=DragParams(),
+        lora_params=LoraParams(),
+        model=model,
+        generation=generation,
+    )

@@ -82,6 +82,9 @@ def request_from_project(args: argparse.Namespace, project: Project) -> DragRequ
         "resolution": getattr(args, "lora_resolution", None),
     }
     lora = replace(request.lora, **{k: v for k, v in lora_over.items() if v is not None})
+    if request.generation is not None and "model" in changes and changes["model"] != project.model:
+        # Kept latents belong to the model that made them; another model drags it as a photo.
+        changes["generation"] = None
     request = replace(request, params=params, lora=lora, **changes)
     if not request.pairs:
         raise InvalidRequest("the project has no point pairs: give --pair HX,HY,TX,TY")
@@ -144,6 +147,7 @@ def project_after_edit(
         model=request.model,
         history=(*history, entry),
         lora=_bundle(engine, request, lora_trace.get("key"), previous),
+        generation=previous.generation if previous is not None else None,
     )
 
 
