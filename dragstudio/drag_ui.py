@@ -231,6 +231,7 @@ class DragUI:
         busy, actions = self.runner.busy, self.window.actions
         has_result = self.runner.pending is not None and not busy
         ready = self.window.document.has_image and bool(self.window.document.complete_pairs)
+        ready = ready and not self.host.busy  # e.g. generating: a drag would cancel it
         actions["drag"].setEnabled(busy or ready)
         self.progress.drag_button.setEnabled(busy or ready)
         actions["cancel"].setEnabled(busy)

@@ -46,6 +46,7 @@ from dragstudio.canvas.view import percent_text
 from dragstudio.commands import ClearPairs, EditMask, InvertMask
 from dragstudio.dialogs import ModelChoice, ask_missing_model
 from dragstudio.drag_ui import DragUI, show_failure_dialog
+from dragstudio.generate_ui import GenerateUI
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
 from dragstudio.project_dialogs import cache_limit_bytes
@@ -92,6 +93,7 @@ class MainWindow(QMainWindow):
         factory = default_engine_factory(lora_cache=self.lora_cache)
         self.drag_ui = DragUI(self, host or EngineHost(factory))
         self.project_ui = ProjectUI(self, self.lora_cache)
+        self.generate_ui = GenerateUI(self)
 
         # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
         self.undo_stack.cleanChanged.connect(self._clean_changed)

@@ -225,6 +225,18 @@ class EngineHost:
 
         return await self._submit(work, listener)
 
+    async def run_generate(
+        self, generation: Any, model: str, listener: Listener | None = None
+    ) -> Outcome:
+        """Generate an image on the engine thread; the value is ``(image, generation)``."""
+
+        def work(engine: Any, token: CancelTokenLike, emit: Callable[[Event], None]) -> Any:
+            out = engine.generate(generation, model, emit, token)
+            self.loaded_model = model
+            return out
+
+        return await self._submit(work, listener)
+
     async def load_model(self, spec: str) -> Outcome:
         """Load ``spec`` on the engine thread (a no-op when it is loaded already)."""
 

@@ -25,11 +25,14 @@ from dragstudio.qtimage import rgb_to_qimage
 
 STAGE_TITLES: dict[Stage, str] = {
     Stage.LOAD: "Model",
+    Stage.GENERATE: "Generation",
     Stage.LORA: "LoRA fine-tuning",
     Stage.INVERSION: "Inversion",
     Stage.DRAG: "Optimisation",
     Stage.DENOISE: "Denoising",
 }
+DRAG_STAGES = (Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE)
+GENERATE_STAGES = (Stage.LOAD, Stage.GENERATE)
 PREVIEW_WIDTH = 240
 
 
@@ -96,6 +99,13 @@ class ProgressPanel(QWidget):
         layout.addWidget(self.status)
         layout.addLayout(grid)
         layout.addWidget(self.preview)
+        self.show_stages(DRAG_STAGES)
+
+    def show_stages(self, stages: tuple[Stage, ...]) -> None:
+        """Show only the rows a job has: a drag never generates, a generation never drags."""
+        for stage, row in self.rows.items():
+            for widget in (row.title, row.bar, row.note):
+                widget.setVisible(stage in stages)
 
     def add_below_button(self, widget: QWidget) -> None:
         self._layout.insertWidget(1, widget)
@@ -109,6 +119,7 @@ class ProgressPanel(QWidget):
         )
         if running:
             self.reset()
+            self.show_stages(DRAG_STAGES)
             self.status.setText("Starting…")
 
     def reset(self) -> None:
