@@ -12,8 +12,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QFrame, QScrollArea
 
-from backend.events import StageFinished, StageStarted, StepProgress
+from backend.events import Stage, StageFinished, StageStarted, StepProgress
 from dragstudio.panels.generate import GeneratePanel
 from dragstudio.panels.progress import GENERATE_STAGES, format_seconds
 from dragstudio.runner import Outcome
@@ -28,7 +29,14 @@ class GenerateUI:
         self.host = window.drag_ui.host
         self.progress = window.drag_ui.progress
         self.panel = GeneratePanel()
-        self.dock = window._dock("Generate", "generateDock", self.panel)
+        # Scrolls like the Edit panel, so the form never sets the window's minimum height.
+        scroll = QScrollArea()
+        scroll.setObjectName("generateScroll")
+        scroll.setWidget(self.panel)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.dock = window._dock("Generate", "generateDock", scroll)
         # Beside History and Results, not the Edit panel: its progress rows stay in view.
         window.tabifyDockWidget(window.history_dock, self.dock)
         window.history_dock.raise_()
@@ -47,6 +55,9 @@ class GenerateUI:
     def show_panel(self) -> None:
         self.dock.show()
         self.dock.raise_()
+        # Just the form's height: the Edit panel above keeps room for the progress rows.
+        height = self.panel.sizeHint().height() + 30
+        self.window.resizeDocks([self.dock], [height], Qt.Orientation.Vertical)
         self.panel.prompt.setFocus(Qt.FocusReason.ShortcutFocusReason)
 
     def toggle(self) -> None:
@@ -77,6 +88,9 @@ class GenerateUI:
         progress.reset()
         progress.show_stages(GENERATE_STAGES)
         progress.status.setText(f"Generating {spec.width}×{spec.height}…")
+        scroll = w.findChild(QScrollArea, "editScroll")
+        if scroll is not None:
+            scroll.ensureWidgetVisible(progress.rows[Stage.GENERATE].bar)
         panel.status.setText("Generating… (progress in the Edit panel)")
         try:
             outcome = await self.host.run_generate(spec, model, self._on_event)

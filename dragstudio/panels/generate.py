@@ -79,7 +79,7 @@ class GeneratePanel(QWidget):
         self.seed_spin.setRange(0, MAX_SEED)
         self.dice = QToolButton()
         self.dice.setObjectName("generateDice")
-        self.dice.setText("🎲")
+        self.dice.setText("Random")  # not a die emoji: many Linux fonts lack it
         self.dice.setToolTip("Pick a random seed")
         seed_row = QHBoxLayout()
         seed_row.setContentsMargins(0, 0, 0, 0)
