@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import resource
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import torch
 
 from backend import imaging
 from backend.attention import ReferenceKV, reference_control
+from backend.cancel import CancelToken
 from backend.ddim import Schedule
 from backend.drag import DragStepInfo, optimize_latent
 from backend.errors import Cancelled, DragStudioError, InvalidRequest
@@ -50,6 +50,7 @@ from backend.lora_cache import LoraCache
 from backend.models import (
     ModelSource,
     default_dtype,
+    encode_prompt,
     load_pipeline,
     pick_device,
     resolve_source,
@@ -57,24 +58,6 @@ from backend.models import (
 from backend.request import DragRequest, LoraParams, params_to_dict
 
 EventSink = Callable[[Event], None]
-
-
-class CancelToken:
-    """Set from any thread; the engine checks it at every step of every loop."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise Cancelled()
 
 
 @dataclass
@@ -508,16 +491,7 @@ class Engine:
 
     def _text_embeddings(self, prompt: str) -> torch.Tensor:
         if prompt not in self._text_cache:
-            tok = self.pipe.tokenizer
-            ids = tok(
-                prompt,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            with torch.no_grad():
-                emb = self.pipe.text_encoder(ids)[0]
+            emb = encode_prompt(self.pipe, prompt)
             if len(self._text_cache) > 8:
                 self._text_cache.clear()
             self._text_cache[prompt] = emb.to(self.pipe.unet.dtype)
@@ -752,24 +726,13 @@ def _pixels_digest(image: np.ndarray) -> str:
 
 def save_image(image: np.ndarray, path: Path) -> None:
     """Write an image atomically (temporary file in the same folder, then rename)."""
-    import os
-    import tempfile
-
     from PIL import Image
 
+    from backend.atomicio import atomic_file
+
     path = Path(path)
-    suffix = path.suffix.lower() or ".png"
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(suffix)
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
     if fmt is None:
         raise DragStudioError(f"cannot write {path.name}: use .png, .jpg or .webp")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format=fmt)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        Image.fromarray(image).save(f, format=fmt)

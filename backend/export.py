@@ -8,11 +8,8 @@ atomically, like projects, so an interrupted export never leaves half a picture.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from backend import __version__
+from backend.atomicio import write_atomic
 from backend.document import HistoryEntry, Pair
 from backend.errors import DragStudioError
 from backend.request import DragParams, LoraParams, params_to_dict
@@ -100,22 +98,6 @@ def format_for(path: Path) -> str:
     if fmt is None:
         raise DragStudioError(f"cannot export {path.name}: use .png, .jpg or .webp")
     return fmt
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, flushed and synced, then renamed over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def export_image(

@@ -85,16 +85,10 @@ def load_adapter_state(unet: Any, params: LoraParams, state: dict[str, torch.Ten
 
 
 def save_lora(path: Path, state: dict[str, torch.Tensor], params: LoraParams, key: str) -> None:
-    """Write ``state`` as safetensors with its parameters in the metadata."""
-    from safetensors.torch import save_file
+    """Write ``state`` as safetensors with its parameters in the metadata, atomically."""
+    from backend.atomicio import write_atomic
 
-    metadata = {
-        "format": "dragstudio-lora",
-        "params": json.dumps(params_to_dict(params)),
-        "key": key,
-        "target_modules": json.dumps(list(TARGET_MODULES)),
-    }
-    save_file(state, str(path), metadata=metadata)
+    write_atomic(path, lora_to_bytes(state, params, key))
 
 
 def lora_to_bytes(state: dict[str, torch.Tensor], params: LoraParams, key: str) -> bytes:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.atomicio import write_atomic
 from backend.errors import DragStudioError
 from backend.request import LoraParams
 
@@ -68,36 +68,14 @@ class LoraCache:
 
     def put(self, key: str, state: dict[str, torch.Tensor], params: LoraParams) -> None:
         """Store an adapter atomically, then evict old entries beyond the size limit."""
-        from backend.lora import save_lora
+        from backend.lora import lora_to_bytes
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
-        os.close(fd)
-        try:
-            save_lora(Path(tmp), state, params, key)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self.evict(keep=key)
+        self.put_bytes(key, lora_to_bytes(state, params, key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store a LoRA file's bytes as they are (a project's bundled LoRA), atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(self._path(key), data)
         self.evict(keep=key)
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -144,7 +122,7 @@ class LoraCache:
                 path.unlink()
         # Temporary files of writers that crashed long ago.
         if self.directory.is_dir():
-            for tmp in self.directory.glob(".tmp-*"):
+            for tmp in self.directory.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
                     if time.time() - tmp.stat().st_mtime > 3600:
                         tmp.unlink()

@@ -232,6 +232,20 @@ def load_pipeline(
     return pipe, source
 
 
+@torch.no_grad()
+def encode_prompt(pipe: Any, prompt: str) -> torch.Tensor:
+    """CLIP text embeddings ``(1, 77, D)`` of ``prompt``, padded and truncated like SD does."""
+    tok = pipe.tokenizer
+    ids = tok(
+        prompt,
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(pipe.text_encoder.device)
+    return pipe.text_encoder(ids)[0]
+
+
 def free_pipeline(pipe: Any) -> None:
     """Drop a pipeline and give its memory back to the device."""
     del pipe

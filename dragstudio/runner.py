@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from backend.cancel import CancelToken
 from backend.errors import Cancelled, DragStudioError, ModelNotFound
 from backend.events import Event
 from backend.request import DragRequest
@@ -68,25 +69,6 @@ def default_engine_factory(
         return Engine(device, lora_cache=cache)
 
     return make
-
-
-class SimpleToken:
-    """Like :class:`backend.engine.CancelToken` (the engine uses ``check``), minus the torch
-    import, so the GUI thread can make one."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise Cancelled()
 
 
 @dataclass(frozen=True)
@@ -152,7 +134,7 @@ class EngineHost:
     def __init__(
         self,
         engine_factory: EngineFactory | None = None,
-        token_factory: TokenFactory = SimpleToken,
+        token_factory: TokenFactory = CancelToken,
     ) -> None:
         self._factory = engine_factory or default_engine_factory()
         self._token_factory = token_factory

@@ -57,15 +57,9 @@ class DiftFeaturizer:
     @torch.no_grad()
     def _embed(self, prompt: str) -> torch.Tensor:
         if prompt not in self._text:
-            tok = self.pipe.tokenizer
-            ids = tok(
-                prompt,
-                padding="max_length",
-                max_length=tok.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            self._text[prompt] = self.pipe.text_encoder(ids)[0].float()
+            from backend.models import encode_prompt
+
+            self._text[prompt] = encode_prompt(self.pipe, prompt).float()
         return self._text[prompt]
 
     def _randn(self, shape: tuple[int, ...]) -> torch.Tensor:
