@@ -675,6 +675,7 @@ class Engine:
         cancel: CancelToken | None = None,
     ) -> tuple[np.ndarray, Generation]:
         """Generate an image and keep its latent trajectory, so it can be dragged exactly."""
+        generation.validate(with_trajectory=False)
         emit = on_event or (lambda _e: None)
         token = cancel or CancelToken()
         stages: dict[str, float] = {}

@@ -42,8 +42,6 @@ def add_generate_command(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from backend.engine import Engine, save_image
     from backend.generation import Generation
 
@@ -55,11 +53,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         height=args.height,
         guidance_scale=args.guidance,
         steps=args.steps,
-        trajectory=np.zeros(
-            (args.steps + 1, 4, max(args.height, 8) // 8, max(args.width, 8) // 8), np.float32
-        ),
     )
-    spec.validate()
+    spec.validate(with_trajectory=False)
     for path in (args.out, args.save_project):
         if path is not None and not path.parent.exists():
             raise InvalidRequest(f"the folder {path.parent} does not exist")

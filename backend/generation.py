@@ -39,7 +39,9 @@ class Generation:
     trajectory: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     """``(steps + 1, 4, height/8, width/8)`` float32: the initial noise, then each step's latent."""
 
-    def validate(self) -> None:
+    def validate(self, *, with_trajectory: bool = True) -> None:
+        """Check the settings, and (``with_trajectory``) that the kept latents fit them."""
+
         def check(ok: bool, message: str) -> None:
             if not ok:
                 raise InvalidRequest(message)
@@ -55,6 +57,8 @@ class Generation:
         check(isinstance(self.guidance_scale, (int, float)) and 1.0 <= self.guidance_scale <= 50,
               "guidance scale must be between 1 and 50")  # fmt: skip
         check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "invalid seed")
+        if not with_trajectory:
+            return
         expected = (self.steps + 1, 4, self.height // 8, self.width // 8)
         t = self.trajectory
         shape = getattr(t, "shape", None)

@@ -11,15 +11,12 @@ safetensors file, checked by parsing the header (plain JSON), so the GUI thread 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
-import os
 import re
 import struct
-import tempfile
 import time
 import warnings
 import zipfile
@@ -33,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from backend import __version__
+from backend.atomicio import atomic_file
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import DragStudioError, InvalidRequest
 from backend.generation import Generation
@@ -327,48 +325,19 @@ def _check_before_writing(project: Project) -> None:
             raise ProjectError("cannot save: the generation's latents are too large")
 
 
-def _file_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def save_project(project: Project, path: str | Path, *, compress_level: int = 6) -> None:
     """Write ``project`` to ``path`` atomically; on any failure the old file is untouched."""
     path = Path(path)
     _check_before_writing(project)
     members = _members(project, compress_level)
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        with atomic_file(path, sync_folder=True) as f, zipfile.ZipFile(f, "w") as zf:
+            for name, data, compression in members:
+                info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+                info.compress_type = compression
+                zf.writestr(info, data)
     except OSError as exc:
         raise ProjectError(f"cannot save {path.name}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            with zipfile.ZipFile(f, "w") as zf:
-                for name, data, compression in members:
-                    info = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
-                    info.compress_type = compression
-                    zf.writestr(info, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ProjectError(f"cannot save {path.name}: {exc.strerror or exc}") from exc
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
@@ -183,7 +182,7 @@ class GeneratePanel(QWidget):
         self.button.setEnabled(self._running or bool(self.prompt.toPlainText().strip()))
 
     def spec(self) -> Generation:
-        """What to generate (the trajectory is a placeholder the engine fills in)."""
+        """What to generate (the engine fills in the trajectory)."""
         w, h, steps = self.width_spin.value(), self.height_spin.value(), self.steps.value()
         return Generation(
             prompt=self.prompt.toPlainText().strip(),
@@ -193,5 +192,4 @@ class GeneratePanel(QWidget):
             height=h,
             guidance_scale=round(self.guidance.value(), 2),
             steps=steps,
-            trajectory=np.zeros((steps + 1, 4, h // 8, w // 8), np.float32),
         )
