@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -58,3 +59,17 @@ def window(qtbot, settings: QSettings) -> Iterator[object]:
     w.show_error = lambda title, message: w.errors.append((title, message))  # type: ignore[method-assign]
     w.confirm_discard = lambda: True  # type: ignore[method-assign]
     yield w
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """A qasync event loop for tests that await engine jobs, closed afterwards."""
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    event_loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(event_loop)
+    yield event_loop
+    asyncio.set_event_loop(None)
+    event_loop.close()

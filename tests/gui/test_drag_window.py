@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,6 @@ from dragstudio.runner import EngineHost, Failure, default_engine_factory
 
 CASE = Path("/work/shared/data/dragbench-dev/animals/JH_2023-09-14-1820-16")
 ORDER = [Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    import qasync
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication([])
-    event_loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(event_loop)
-    yield event_loop
-    asyncio.set_event_loop(None)
 
 
 @pytest.fixture(scope="module")

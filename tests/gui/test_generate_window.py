@@ -4,7 +4,6 @@ saved and re-opened with them; and the panel's size and seed controls."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +14,6 @@ from PySide6.QtCore import QSettings
 from backend.events import Stage, StageStarted
 from backend.project import read_project
 from dragstudio.runner import EngineHost, Failure, default_engine_factory
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    import qasync
-    from PySide6.QtWidgets import QApplication
-
-    app = QApplication.instance() or QApplication([])
-    event_loop = qasync.QEventLoop(app)
-    asyncio.set_event_loop(event_loop)
-    yield event_loop
-    asyncio.set_event_loop(None)
 
 
 @pytest.fixture
