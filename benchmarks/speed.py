@@ -1,10 +1,9 @@
 """Per-stage seconds and peak memory of one drag edit, for the paper's defaults and each speed
 option, on random-weight SD-1.5-shaped models of three sizes, on CPU and/or GPU.
 
-Random weights time the real code paths without downloading anything: a random UNet never lets
-the handles arrive, so every configuration runs all of its drag iterations (the worst case, and
-the same work each time). Run ``python benchmarks/speed.py --help``; docs/benchmarks.md has the
-latest numbers.
+Random weights time the real code paths without downloading anything. Handles may still arrive
+early on random weights, so the table gives the number of drag iterations beside their time.
+Run ``python benchmarks/speed.py --help``; docs/benchmarks.md has the latest numbers.
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ def measure(engine: Engine, name: str, option: Option, base: DragParams, lora: L
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| size | device | option | LoRA s | inversion s | drag s | denoise s | total s "
+    head = ("| size | device | option | LoRA s | inversion s | drag s (its) | denoise s | total s "
             "| × (a) | peak GB | mem × (a) |")  # fmt: skip
     lines = [head, "|" + "---|" * 11]
     base: dict[tuple[str, str], dict[str, Any]] = {}
@@ -165,7 +164,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         kind = "" if r["device"].startswith("cuda") else " RSS"
         cells = [
             r["size"], r["device"], r["option"],
-            *(f"{s.get(k, 0.0):.2f}" for k in ("lora", "inversion", "drag", "denoise", "total")),
+            f"{s.get('lora', 0.0):.2f}",
+            f"{s.get('inversion', 0.0):.2f}",
+            f"{s.get('drag', 0.0):.2f} ({r['drag_iterations']})",
+            *(f"{s.get(k, 0.0):.2f}" for k in ("denoise", "total")),
             f"{s['total'] / b['stages']['total']:.2f}",
             f"{peak:.2f}{kind}" if peak is not None else "n/a",
             f"{peak / b_peak:.2f}" if peak and b_peak else "n/a",
