@@ -49,7 +49,9 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    """Half precision where autocast and a gradient scaler guard it (CUDA), float32 elsewhere:
+    without autocast, float32 LoRA weights on a half-precision UNet mix dtypes (Apple MPS)."""
+    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)
