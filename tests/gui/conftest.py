@@ -63,7 +63,11 @@ def window(qtbot, settings: QSettings) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """A qasync event loop for tests that await engine jobs, closed afterwards."""
+    """A qasync event loop for tests that await engine jobs.
+
+    It is not closed: an engine thread still finishing a cancelled job may post to it later,
+    and posting to a closed qasync loop crashes Qt (seen as a segfault in a later test).
+    """
     import qasync
     from PySide6.QtWidgets import QApplication
 
@@ -72,4 +76,3 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     asyncio.set_event_loop(event_loop)
     yield event_loop
     asyncio.set_event_loop(None)
-    event_loop.close()
