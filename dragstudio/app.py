@@ -70,4 +70,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         QTimer.singleShot(0, lambda: window.open_path(path))
     with loop:
         loop.run_until_complete(closed.wait())
+        window.drag_ui.host.wait_closed()  # before the loop closes: see EngineHost.wait_closed
     return 0

@@ -178,6 +178,15 @@ class EngineHost:
         self.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def wait_closed(self) -> None:
+        """Block until the engine thread has finished (at most one engine step after a cancel).
+
+        Called at exit while the event loop still exists, so a cancelled job completing its
+        future never posts into a closed loop.
+        """
+        self.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
     # -- jobs --------------------------------------------------------------------------------
 
     def _engine_on_thread(self) -> EngineLike:

@@ -203,3 +203,24 @@ def test_creating_the_host_does_not_create_the_engine() -> None:
     run(host.call(lambda: 42))
     assert made == []  # plain calls need no engine
     host.shutdown()
+
+
+def test_wait_closed_lets_a_cancelled_job_finish_before_the_loop_goes() -> None:
+    fake = FakeEngine(step_seconds=0.3)
+    host = EngineHost(lambda: fake)
+
+    async def main() -> tuple[Any, float]:
+        def listen(_job: int, event: object) -> None:
+            if isinstance(event, StageStarted) and event.stage == Stage.INVERSION:
+                host.cancel()
+
+        outcome = await host.run_edit(request(), listen)
+        assert host.engine_busy  # still inside its step, as at app exit
+        start = time.perf_counter()
+        host.wait_closed()
+        return outcome, time.perf_counter() - start
+
+    outcome, waited = run(main())
+    assert outcome.failure is not None and outcome.failure.cancelled
+    assert not host.engine_busy  # the engine thread is done: nothing can post later
+    assert waited < 1.0  # one step, not the whole edit
