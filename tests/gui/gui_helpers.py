@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QPointF, Qt
+from typing import Any
+
+from PySide6.QtCore import QEvent, QPointF, QSettings, Qt
 from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication, QWidget
 
@@ -38,3 +40,20 @@ def drag(
     for p in points[1:]:
         mouse(widget, QEvent.Type.MouseMove, p, Qt.MouseButton.NoButton, button)
     mouse(widget, QEvent.Type.MouseButtonRelease, points[-1], button)
+
+
+def make_window(qtbot: Any, settings: QSettings, host: Any) -> Any:
+    """The real main window on ``host``, shown, with dialogs recorded instead of shown."""
+    from dragstudio.main_window import MainWindow
+    from dragstudio.runner import Failure
+
+    w = MainWindow(settings, host)
+    qtbot.addWidget(w)
+    w.resize(1200, 800)
+    w.show()
+    qtbot.waitExposed(w)
+    w.failures = []
+    w.show_failure = w.failures.append
+    w.show_error = lambda title, message: w.failures.append(Failure(f"{title}: {message}"))
+    w.confirm_discard = lambda: True
+    return w

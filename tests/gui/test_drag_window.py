@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gui_helpers import click
+from gui_helpers import click, make_window
 from PySide6.QtCore import QSettings
 
 from backend.events import Stage, StageStarted, StepProgress
@@ -35,21 +35,6 @@ def case() -> Any:
     from backend.bench.dragbench import load_case
 
     return load_case(CASE)
-
-
-def make_window(qtbot: Any, settings: QSettings, host: EngineHost) -> Any:
-    from dragstudio.main_window import MainWindow
-
-    w = MainWindow(settings, host)
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    w.failures = []
-    w.show_failure = w.failures.append
-    w.show_error = lambda title, message: w.failures.append(Failure(f"{title}: {message}"))
-    w.confirm_discard = lambda: True
-    return w
 
 
 @pytest.fixture

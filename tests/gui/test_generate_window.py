@@ -9,28 +9,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gui_helpers import make_window
 from PySide6.QtCore import QSettings
 
 from backend.events import Stage, StageStarted
 from backend.project import read_project
-from dragstudio.runner import EngineHost, Failure, default_engine_factory
+from dragstudio.runner import EngineHost, default_engine_factory
 
 
 @pytest.fixture
 def gen_window(qtbot: Any, settings: QSettings, loop: Any, tmp_path: Path) -> Any:
-    from dragstudio.main_window import MainWindow
-
-    host = EngineHost(default_engine_factory("cpu", str(tmp_path / "lora")))
-    w = MainWindow(settings, host)
-    qtbot.addWidget(w)
-    w.resize(1200, 800)
-    w.show()
-    qtbot.waitExposed(w)
-    w.failures = []
-    w.show_failure = w.failures.append
-    w.show_error = lambda title, message: w.failures.append(Failure(f"{title}: {message}"))
-    w.confirm_discard = lambda: True
-    return w
+    return make_window(
+        qtbot, settings, EngineHost(default_engine_factory("cpu", str(tmp_path / "lora")))
+    )
 
 
 def test_generate_save_reopen_keeps_the_generation(
