@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from dragstudio.download import download_model
+from dragstudio.project_dialogs import human_size
 from dragstudio.runner import Failure
 
 
@@ -73,14 +74,6 @@ def ask_missing_model(parent: QWidget | None, spec: str, failure: Failure) -> Mo
     return buttons.get(box.clickedButton(), ModelChoice.CANCEL)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 class DownloadDialog(QDialog):
     """Bytes done of total, speed, and a Cancel that stops the download mid-file."""
 
@@ -110,11 +103,12 @@ class DownloadDialog(QDialog):
             self.bar.setRange(0, 1000)
             self.bar.setValue(round(1000 * done / total))
             left = (total - done) / speed if speed > 0 else 0
+            rate = f"{human_size(speed)}/s"
             self.numbers.setText(
-                f"{_size(done)} of {_size(total)} · {_size(speed)}/s · {left:.0f} s left"
+                f"{human_size(done)} of {human_size(total)} · {rate} · {left:.0f} s left"
             )
         else:
-            self.numbers.setText(f"{_size(done)} · {_size(speed)}/s")
+            self.numbers.setText(f"{human_size(done)} · {human_size(speed)}/s")
 
 
 async def download_with_dialog(parent: QWidget | None, repo_id: str) -> str:
