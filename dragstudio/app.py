@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
 
+    from dragstudio.bindings_check import binding_problem
     from dragstudio.main_window import MainWindow
     from dragstudio.resources import app_icon, apply_theme
 
@@ -56,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert isinstance(app, QApplication)
     apply_theme(app)
     app.setWindowIcon(app_icon())
+    if problem := binding_problem():  # these bindings would abort the process mid-edit
+        from PySide6.QtWidgets import QMessageBox
+
+        print(f"dragstudio: {problem}", file=sys.stderr)
+        QMessageBox.critical(None, "DragStudio cannot start", problem)
+        return 1
 
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)

@@ -72,6 +72,7 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
         LoraParams(steps=1, batch_size=1, rank=4, resolution=128),
     )
     checks.check("points and mask placed", bool(doc.complete_pairs) and bool(doc.mask.any()))
+    _check_repaints(w, checks)
 
     handle_updates: list[tuple[float, float]] = []
     runner.stepProgress.connect(
@@ -101,6 +102,37 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
         checks.check("result accepted", len(doc.history) == 1 and doc.image is pending.image)
 
 
+def _check_repaints(window: object, checks: Checks) -> None:
+    """The canvas repaints with points, mask and brush cursor without losing references to None.
+
+    Bindings that do (PySide6 6.12.0 on Python 3.11) abort the process within a minute of
+    painting; this is the check that would have caught them.
+    """
+    from PySide6.QtCore import QEvent, QPointF, Qt
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    from dragstudio.bindings_check import none_refcount_change
+    from dragstudio.canvas import Tool
+
+    canvas = window.canvas  # type: ignore[attr-defined]
+    canvas.set_tool(Tool.BRUSH)
+    centre = QPointF(canvas.width() / 2, canvas.height() / 2)
+    no = Qt.MouseButton.NoButton
+    hover = QMouseEvent(
+        QEvent.Type.MouseMove,
+        centre,
+        canvas.mapToGlobal(centre),
+        no,
+        no,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    QApplication.sendEvent(canvas, hover)  # the brush cursor is drawn where the mouse is
+    change = none_refcount_change(canvas.repaint, 300)
+    canvas.set_tool(Tool.POINT)
+    checks.check("canvas repaints keep None's references", change >= 0, f"{change:+d} over 300")
+
+
 def run_self_test(argv: list[str] | None = None) -> int:
     """Run the checks in a fresh QApplication; 0 if all pass, 1 otherwise."""
     if sys.platform.startswith("linux") and not (
@@ -113,6 +145,7 @@ def run_self_test(argv: list[str] | None = None) -> int:
     from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
+    from dragstudio.bindings_check import binding_problem
     from dragstudio.main_window import MainWindow
     from dragstudio.resources import apply_theme
     from dragstudio.runner import EngineHost, default_engine_factory
@@ -133,8 +166,11 @@ def run_self_test(argv: list[str] | None = None) -> int:
         window.show_failure = lambda f: print(f"     failure: {f.message}")  # type: ignore[method-assign]
         window.show()
         checks.check("main window opened", window.isVisible(), app.platformName())
+        problem = binding_problem()
+        sound = checks.check("Qt bindings sound", problem is None, problem or "")
         try:
-            loop.run_until_complete(asyncio.wait_for(_run(window, checks, folder), 300))
+            if sound:  # unsound bindings would abort the process mid-check
+                loop.run_until_complete(asyncio.wait_for(_run(window, checks, folder), 300))
         except Exception as exc:  # a crash is a failed check, not a traceback in CI logs only
             checks.check("self-test ran to the end", False, f"{type(exc).__name__}: {exc}")
         window.undo_stack.blockSignals(True)  # no title updates while Qt tears the window down

@@ -24,6 +24,13 @@ def test_self_test_passes_and_reports_each_check(tmp_path: Path) -> None:
     assert result.returncode == 0, out
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) >= 5, out
-    for needed in ("tiny model", "stage events in order", "tracking events", "result"):
+    for needed in (
+        "Qt bindings sound",
+        "canvas repaints keep None",
+        "tiny model",
+        "stage events in order",
+        "tracking events",
+        "result",
+    ):
         assert any(needed in line for line in lines), (needed, out)
     assert not any(line.lower().startswith(("fail", "✗")) for line in lines), out
