@@ -17,6 +17,7 @@ from typing import Any
 
 from backend import __version__
 from backend.errors import Cancelled, DragStudioError, InvalidRequest
+from backend.params import add_param_flags, apply_param_flags
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -94,24 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     edit.add_argument("--mask", type=Path, help="PNG of the image's size: non-black = editable")
     edit.add_argument("--prompt", help="text describing the image (default: empty, or the case's)")
-    edit.add_argument("--lora-steps", type=int, help="LoRA fine-tuning steps (80; 0 skips)")
-    edit.add_argument(
-        "--lora-resolution", type=int, help="side of the LoRA's square training crops (512)"
-    )
-    edit.add_argument("--drag-steps", type=int, help="latent optimisation iterations (80)")
-    edit.add_argument("--inversion-strength", type=float, help="fraction of DDIM inverted (0.7)")
-    edit.add_argument("--ddim-steps", type=int, help="DDIM schedule length (50)")
-    edit.add_argument("--latent-lr", type=float, help="Adam learning rate on the latent (0.01)")
-    edit.add_argument("--lam", type=float, help="weight of the mask term, λ (0.1)")
-    edit.add_argument("--r1", type=int, help="motion supervision radius (1)")
-    edit.add_argument("--r2", type=int, help="point tracking radius (3)")
-    edit.add_argument("--working-width", type=int, help="width the model works at (512)")
-    edit.add_argument("--seed", type=int, help="seed for LoRA training (0)")
-    edit.add_argument(
-        "--no-keep-pixels",
-        action="store_true",
-        help="return the model's pixels everywhere instead of the original outside the mask",
-    )
+    add_param_flags(edit)  # --lora-steps, --drag-steps, --r1, ... from backend.params
     edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     edit.add_argument("--lora-cache", type=Path, help="LoRA cache folder (default: user cache)")
     edit.add_argument("--no-lora-cache", action="store_true", help="do not read or write it")
@@ -154,8 +138,6 @@ def _load_mask(path: Path, size: tuple[int, int]) -> Any:
 
 
 def _build_request(args: argparse.Namespace) -> Any:
-    from dataclasses import replace
-
     from backend.bench.dragbench import load_case
     from backend.document import load_image
     from backend.request import DragParams, DragRequest, LoraParams, PointPair
@@ -181,21 +163,7 @@ def _build_request(args: argparse.Namespace) -> Any:
     if args.prompt is not None:
         prompt = args.prompt
 
-    overrides = {
-        "drag_steps": args.drag_steps,
-        "inference_steps": args.ddim_steps,
-        "inversion_strength": args.inversion_strength,
-        "latent_lr": args.latent_lr,
-        "lam": args.lam,
-        "r1": args.r1,
-        "r2": args.r2,
-        "working_width": args.working_width,
-    }
-    params = replace(DragParams(), **{k: v for k, v in overrides.items() if v is not None})
-    if args.no_keep_pixels:
-        params = replace(params, keep_unmasked_pixels=False)
-    lora_over = {"steps": args.lora_steps, "seed": args.seed, "resolution": args.lora_resolution}
-    lora = replace(LoraParams(), **{k: v for k, v in lora_over.items() if v is not None})
+    params, lora = apply_param_flags(args, DragParams(), LoraParams())
     request = DragRequest(
         image=image,
         pairs=pairs,

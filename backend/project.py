@@ -377,8 +377,11 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
 
 
 def _float(value: Any, where: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise _fail(where, f"expected a finite number, got {value!r}")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, int):
+        ok = abs(value) < 2**1000  # a 400-digit int would overflow float()
+    if not ok or not math.isfinite(value):
+        raise _fail(where, f"expected a finite number, got {str(value)[:40]}")
     return float(value)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from backend.document import HistoryEntry
 from backend.errors import InvalidRequest
+from backend.params import apply_param_flags
 from backend.project import (
     BundledLora,
     Project,
@@ -63,25 +64,7 @@ def request_from_project(args: argparse.Namespace, project: Project) -> DragRequ
         changes["prompt"] = args.prompt
     if args.model is not None:
         changes["model"] = args.model
-    overrides = {
-        "drag_steps": args.drag_steps,
-        "inference_steps": getattr(args, "ddim_steps", None),
-        "inversion_strength": args.inversion_strength,
-        "latent_lr": args.latent_lr,
-        "lam": args.lam,
-        "r1": args.r1,
-        "r2": args.r2,
-        "working_width": args.working_width,
-    }
-    params = replace(request.params, **{k: v for k, v in overrides.items() if v is not None})
-    if args.no_keep_pixels:
-        params = replace(params, keep_unmasked_pixels=False)
-    lora_over = {
-        "steps": args.lora_steps,
-        "seed": args.seed,
-        "resolution": getattr(args, "lora_resolution", None),
-    }
-    lora = replace(request.lora, **{k: v for k, v in lora_over.items() if v is not None})
+    params, lora = apply_param_flags(args, request.params, request.lora)
     if request.generation is not None and "model" in changes and changes["model"] != project.model:
         # Kept latents belong to the model that made them; another model drags it as a photo.
         changes["generation"] = None

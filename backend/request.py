@@ -2,18 +2,30 @@
 
 The CLI builds a :class:`DragRequest` from flags, the GUI from its document and the project file
 stores one; nothing reaches the engine any other way. Points and the mask are in the pixel
-coordinates of the image as the user opened it.
+coordinates of the image as the user opened it. The parameters, with their ranges, labels and
+help, are declared in :mod:`backend.params`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.errors import InvalidRequest
+from backend.params import DragParams, LoraParams, params_from_dict, params_to_dict
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DragParams",
+    "DragRequest",
+    "LoraParams",
+    "PointPair",
+    "params_from_dict",
+    "params_to_dict",
+]
 
 if TYPE_CHECKING:
     from backend.generation import Generation
@@ -24,99 +36,6 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise InvalidRequest(message)
-
-
-def _check_range(name: str, value: float, lo: float, hi: float, *, integer: bool = False) -> None:
-    if integer:
-        _check(
-            isinstance(value, int) and not isinstance(value, bool),
-            f"{name} must be a whole number, got {value!r}",
-        )
-    else:
-        _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool),
-            f"{name} must be a number, got {value!r}",
-        )
-        _check(math.isfinite(value), f"{name} must be finite, got {value!r}")
-    _check(lo <= value <= hi, f"{name} must be between {lo} and {hi}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class LoraParams:
-    """Identity-preserving fine-tuning (paper §3.2, §4.1). ``steps=0`` skips it.
-
-    ``seed`` drives everything random in an edit (adapter initialisation, crops, noise): the rest
-    of DragDiffusion on a real image is deterministic.
-    """
-
-    steps: int = 80
-    rank: int = 16
-    alpha: float = 16.0
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-2
-    batch_size: int = 4
-    resolution: int = 512
-    """Side of the square crops it trains on, after resizing the short side to this."""
-    seed: int = 0
-
-    def validate(self) -> None:
-        _check_range("LoRA steps", self.steps, 0, 10_000, integer=True)
-        _check_range("LoRA rank", self.rank, 1, 512, integer=True)
-        _check_range("LoRA alpha", self.alpha, 1e-6, 1e6)
-        _check_range("LoRA learning rate", self.learning_rate, 1e-8, 1.0)
-        _check_range("LoRA weight decay", self.weight_decay, 0.0, 1.0)
-        _check_range("LoRA batch size", self.batch_size, 1, 64, integer=True)
-        _check_range("LoRA resolution", self.resolution, 64, 2048, integer=True)
-        _check(self.resolution % 8 == 0, "LoRA resolution must be a multiple of 8")
-        _check_range("LoRA seed", self.seed, 0, 2**63 - 1, integer=True)
-
-
-@dataclass(frozen=True)
-class DragParams:
-    """Latent optimisation and denoising (paper §3.3, §3.4, §4.1)."""
-
-    inference_steps: int = 50
-    inversion_strength: float = 0.7
-    drag_steps: int = 80
-    latent_lr: float = 0.01
-    lam: float = 0.1
-    r1: int = 1
-    r2: int = 3
-    stop_distance: float = 2.0
-    """A handle this close to its target (in feature pixels) has arrived."""
-    working_width: int = 512
-    feature_block: int = 2
-    """Index into ``unet.up_blocks`` whose output is the feature map F."""
-    ref_control_blocks: tuple[int, ...] = (2, 3)
-    """Decoder blocks whose self-attention reads the reference latent's keys and values."""
-    keep_unmasked_pixels: bool = True
-    """Paste the user's original pixels outside the mask instead of their VAE round trip."""
-    preview_every: int = 0
-    """Decode a preview of the predicted clean image every N iterations (0: never)."""
-
-    def validate(self) -> None:
-        _check_range("DDIM steps", self.inference_steps, 2, 1000, integer=True)
-        _check_range("inversion strength", self.inversion_strength, 0.0, 1.0)
-        _check(
-            round(self.inversion_strength * self.inference_steps) >= 1,
-            "inversion strength is too small: it must invert at least one DDIM step",
-        )
-        _check_range("drag steps", self.drag_steps, 0, 10_000, integer=True)
-        _check_range("latent learning rate", self.latent_lr, 1e-8, 10.0)
-        _check_range("lambda (mask term weight)", self.lam, 0.0, 1e6)
-        _check_range("r1 (motion supervision radius)", self.r1, 0, 32, integer=True)
-        _check_range("r2 (tracking radius)", self.r2, 0, 64, integer=True)
-        _check_range("stop distance", self.stop_distance, 0.0, 1e4)
-        _check_range("working width", self.working_width, 64, 2048, integer=True)
-        _check(self.working_width % 8 == 0, "working width must be a multiple of 8")
-        _check_range("feature block", self.feature_block, 0, 16, integer=True)
-        for block in self.ref_control_blocks:
-            _check_range("reference-control block", block, 0, 16, integer=True)
-        _check_range("preview interval", self.preview_every, 0, 10_000, integer=True)
-
-    @property
-    def inversion_steps(self) -> int:
-        return round(self.inversion_strength * self.inference_steps)
 
 
 @dataclass(frozen=True)
@@ -215,35 +134,3 @@ class DragRequest:
             return None
         m = self.mask.astype(bool)
         return m if m.any() else None
-
-
-def params_to_dict(obj: Any) -> dict[str, Any]:
-    """A parameter dataclass as JSON-friendly data (tuples become lists)."""
-    data = asdict(obj)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-
-def params_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build ``cls`` from ``data``, ignoring unknown keys and rejecting wrong types clearly."""
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    defaults = cls()
-    for name, value in data.items():
-        if name not in known:
-            continue
-        default = getattr(defaults, name)
-        if isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise InvalidRequest(f"{name}: expected a list")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise InvalidRequest(f"{name}: expected true or false")
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[name] = value
-    obj = replace(defaults, **kwargs)
-    obj.validate()
-    return obj

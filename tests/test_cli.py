@@ -96,7 +96,7 @@ def small_image(tmp_path: Path) -> Path:
         (["--pair", "nan,1,2,3"], "finite"),
         (["--pair", "10,10,20,10", "--mask", "MASK_WRONG"], "mask"),
         (["--pair", "10,10,20,10", "--lora-steps", "-3"], "LoRA steps"),
-        (["--pair", "10,10,20,10", "--inversion-strength", "1.5"], "inversion strength"),
+        (["--pair", "10,10,20,10", "--inversion-strength", "1.5"], "Inversion strength"),
     ],
 )
 def test_bad_input_gets_one_line_and_a_nonzero_exit(

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 )
 
 from backend.document import Change, Document, Notice
+from backend.params import panel_specs
 from backend.request import DragParams, LoraParams
 from dragstudio.commands import SetParams, SetPrompt
 from dragstudio.panels.fold import Fold
@@ -42,45 +43,12 @@ class ParamSpec:
     tooltip: str
 
 
-SPECS: tuple[ParamSpec, ...] = (
-    ParamSpec(
-        "lora_steps", "LoRA steps", "lora", "steps", 0, 2000, 10, 0,
-        "Fine-tuning steps that teach the model this photo first, so the edit keeps its "
-        "identity; 0 skips it (faster, less faithful).",
-    ),
-    ParamSpec(
-        "inversion_strength", "Inversion strength", "params", "inversion_strength",
-        0.02, 1.0, 0.05, 2,
-        "How far into the noise schedule the photo is inverted before dragging: higher gives "
-        "more freedom to move things, lower keeps more detail.",
-    ),
-    ParamSpec(
-        "drag_steps", "Drag steps", "params", "drag_steps", 0, 1000, 10, 0,
-        "The most optimisation steps spent moving the handles towards their targets.",
-    ),
-    ParamSpec(
-        "latent_lr", "Latent learning rate", "params", "latent_lr", 0.0001, 1.0, 0.001, 4,
-        "Step size of each optimisation step on the latent: larger moves faster but can "
-        "tear the picture.",
-    ),
-    ParamSpec(
-        "lam", "λ (mask weight)", "params", "lam", 0.0, 10.0, 0.05, 2,
-        "How strongly everything outside the painted mask is held in place.",
-    ),
-    ParamSpec(
-        "r1", "r1 (motion radius)", "params", "r1", 0, 32, 1, 0,
-        "Radius, in feature-map pixels, of the patch around each handle that is pushed "
-        "towards its target.",
-    ),
-    ParamSpec(
-        "r2", "r2 (tracking radius)", "params", "r2", 0, 64, 1, 0,
-        "Radius of the window searched to find where each handle went after every step.",
-    ),
-    ParamSpec(
-        "seed", "Seed", "lora", "seed", 0, 2**31 - 1, 1, 0,
-        "Drives everything random in an edit: the same seed and settings give the same result.",
-    ),
-)  # fmt: skip
+SPECS: tuple[ParamSpec, ...] = tuple(
+    ParamSpec(s.key, s.label, s.group, s.name, s.min, s.max, s.step, s.decimals, s.help)
+    for s in panel_specs()
+)
+"""Ranges, labels and help come from :mod:`backend.params`: the spin boxes accept exactly
+what validation accepts."""
 
 
 def spec_value(doc: Document, spec: ParamSpec) -> float:
