@@ -31,7 +31,6 @@ PREVIEW_EVERY = 20
 (CPU): one preview decode costs about 0.8 of an optimisation step (0.25 s vs 0.31 s), so every
 step would add ~80 % and every 5 ~20 %; every 20 adds ~4 %. On SD-1.5 a step is far dearer
 than a decode, so the real cost is lower still."""
-KEEP_PHOTO_LORA_KEY = "drag/keep_photo_lora"
 CHECKPOINT_FILTER = "Checkpoints (*.safetensors);;All files (*)"
 
 
@@ -91,7 +90,7 @@ class DragUI:
             tip="Dragging an accepted result reuses the LoRA of the photo it came from",
             checkable=True,
         )
-        keep.setChecked(self.window.settings.value(KEEP_PHOTO_LORA_KEY, True, type=bool))
+        keep.setChecked(self.window.prefs.get("keep_photo_lora"))
         self.runner.keep_photo_lora = keep.isChecked()
         keep.toggled.connect(self._set_keep_photo_lora)
 
@@ -162,7 +161,7 @@ class DragUI:
 
     def _set_keep_photo_lora(self, keep: bool) -> None:
         self.runner.keep_photo_lora = keep
-        self.window.settings.setValue(KEEP_PHOTO_LORA_KEY, keep)
+        self.window.prefs.update(keep_photo_lora=keep)
 
     def shutdown(self) -> None:
         self._unsubscribe()

@@ -49,6 +49,7 @@ from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.generate_ui import GenerateUI
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
+from dragstudio.prefs import open_prefs
 from dragstudio.project_dialogs import cache_limit_bytes
 from dragstudio.project_ui import PROJECT_FILTER, ProjectUI, is_project
 from dragstudio.resources import app_icon, icon
@@ -72,7 +73,8 @@ def _shortcut_text(shortcuts: Sequence[QKeySequence]) -> str:
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, host: EngineHost | None = None) -> None:
         super().__init__()
-        self.settings = settings if settings is not None else QSettings()
+        self.settings = settings if settings is not None else QSettings()  # geometry only
+        self.prefs = open_prefs(self.settings)
         self.document = Document()
         self.undo_stack = QUndoStack(self)
         self.actions: dict[str, QAction] = {}
@@ -89,8 +91,12 @@ class MainWindow(QMainWindow):
         self._build_toolbars()
         self._build_docks()
         self._build_status_bar()
-        self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.settings))
-        factory = default_engine_factory(lora_cache=self.lora_cache)
+        self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.prefs))
+        factory = default_engine_factory(
+            self.prefs.get("device"),
+            lora_cache=self.lora_cache,
+            single_file_config=self.prefs.get("model_config") or None,
+        )
         self.drag_ui = DragUI(self, host or EngineHost(factory))
         self.project_ui = ProjectUI(self, self.lora_cache)
         self.generate_ui = GenerateUI(self)
@@ -325,7 +331,7 @@ class MainWindow(QMainWindow):
 
     def _build_docks(self) -> None:
         self.parameters = ParametersPanel(self.document, self.undo_stack)
-        self.model_picker = ModelPicker(self.document, self.settings)
+        self.model_picker = ModelPicker(self.document, self.prefs)
         self.progress_slot = QVBoxLayout()
         """Where the Drag button, the progress panel and the result bar go (see drag_ui)."""
         self.progress_slot.setContentsMargins(0, 0, 0, 0)
@@ -383,7 +389,7 @@ class MainWindow(QMainWindow):
     # -- document ----------------------------------------------------------------------------
 
     def open_dialog(self) -> None:
-        start = self.settings.value("paths/last_dir", "", type=str)
+        start = self.prefs.get("last_dir")
         path, _ = QFileDialog.getOpenFileName(self, "Open", start, OPEN_FILTER)
         if path:
             self.open_path(path)
@@ -405,7 +411,7 @@ class MainWindow(QMainWindow):
         self.document.set_image(image, path)
         self.undo_stack.clear()
         self.project_ui.reset()
-        self.settings.setValue("paths/last_dir", str(Path(path).resolve().parent))
+        self.prefs.update(last_dir=str(Path(path).resolve().parent))
         self.statusBar().showMessage(f"Opened {Path(path).name}", 4000)
         self.canvas.setFocus()
         return True

@@ -6,7 +6,6 @@ uses (it needs no torch), so a new limit applies to the very next LoRA the engin
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -18,14 +17,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.lora_cache import DEFAULT_LIMIT_BYTES, LoraCache
+from backend.lora_cache import LoraCache
+from backend.settings import SettingsStore
 
-LIMIT_KEY = "lora_cache/limit_gb"
 
-
-def cache_limit_bytes(settings: QSettings) -> int:
-    gb = settings.value(LIMIT_KEY, DEFAULT_LIMIT_BYTES / 2**30, type=float)
-    return int(max(0.1, float(gb)) * 2**30)
+def cache_limit_bytes(prefs: SettingsStore) -> int:
+    return int(max(0.1, prefs.get("lora_cache_limit_gb")) * 2**30)
 
 
 def human_size(n: float) -> str:
@@ -39,10 +36,10 @@ def human_size(n: float) -> str:
 class CacheSettingsDialog(QDialog):
     """Where the LoRA cache lives, how big it is, its limit, and a Clear button."""
 
-    def __init__(self, cache: LoraCache, settings: QSettings, parent: QWidget | None = None):
+    def __init__(self, cache: LoraCache, prefs: SettingsStore, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWindowTitle("LoRA Cache")
-        self.cache, self.settings = cache, settings
+        self.cache, self.prefs = cache, prefs
         folder = QLabel(str(cache.directory))
         folder.setWordWrap(True)
         self.size_label = QLabel()
@@ -87,7 +84,7 @@ class CacheSettingsDialog(QDialog):
 
     def set_limit(self, gb: float) -> None:
         self.cache.limit_bytes = int(gb * 2**30)
-        self.settings.setValue(LIMIT_KEY, gb)
+        self.prefs.update(lora_cache_limit_gb=gb)
         self.cache.evict()
         self.refresh()
 

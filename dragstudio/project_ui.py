@@ -36,9 +36,6 @@ if TYPE_CHECKING:
 
 PROJECT_FILTER = f"DragStudio projects (*{SUFFIX})"
 EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
-RECENT_KEY = "recent/projects"
-QUALITY_KEY = "export/quality"
-MAX_RECENT = 8
 AUTOSAVE_MS = 3 * 60 * 1000
 
 
@@ -117,13 +114,10 @@ class ProjectUI:
     # -- recent ------------------------------------------------------------------------------
 
     def recent(self) -> list[str]:
-        value = self.window.settings.value(RECENT_KEY, [], type=list)
-        return [str(v) for v in value if isinstance(v, str)]
+        return list(self.window.prefs.get("recent_projects"))
 
     def _remember(self, path: Path) -> None:
-        text = str(path.resolve())
-        items = [text] + [p for p in self.recent() if p != text]
-        self.window.settings.setValue(RECENT_KEY, items[:MAX_RECENT])
+        self.window.prefs.push_recent("recent_projects", str(path.resolve()))
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -139,7 +133,7 @@ class ProjectUI:
             self.recent_menu.addAction("Clear Recent", self._clear_recent)
 
     def _clear_recent(self) -> None:
-        self.window.settings.setValue(RECENT_KEY, [])
+        self.window.prefs.update(recent_projects=[])
 
     # -- open --------------------------------------------------------------------------------
 
@@ -171,7 +165,7 @@ class ProjectUI:
             w.undo_stack.resetClean()  # recovered work is unsaved work
         else:
             self._remember(path)
-            w.settings.setValue("paths/last_dir", str(path.resolve().parent))
+            w.prefs.update(last_dir=str(path.resolve().parent))
         w._update_title()
         self.update_enabled()
         w.statusBar().showMessage(f"Opened {path.name}", 4000)
@@ -208,7 +202,7 @@ class ProjectUI:
         doc = self.window.document
         if not doc.has_image:
             return False
-        start = self.window.settings.value("paths/last_dir", "", type=str)
+        start = self.window.prefs.get("last_dir")
         base = self.path or (doc.path.with_suffix(SUFFIX) if doc.path else Path("Untitled"))
         suggestion = str(Path(start) / base.with_suffix(SUFFIX).name) if start else base.name
         path, _ = QFileDialog.getSaveFileName(
@@ -296,9 +290,7 @@ class ProjectUI:
 
     def _ask_path(self, title: str) -> tuple[Path, int] | None:
         w, doc = self.window, self.window.document
-        start = w.settings.value("paths/export_dir", "", type=str) or w.settings.value(
-            "paths/last_dir", "", type=str
-        )
+        start = w.prefs.get("export_dir") or w.prefs.get("last_dir")
         stem = (self.path or doc.path or Path("edited")).stem
         path, chosen = QFileDialog.getSaveFileName(
             w, title, str(Path(start) / f"{stem}-edited.png"), EXPORT_FILTERS
@@ -309,14 +301,14 @@ class ProjectUI:
         if target.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
             target = target.with_suffix(".jpg" if "JPEG" in chosen else
                                         ".webp" if "WebP" in chosen else ".png")  # fmt: skip
-        quality = w.settings.value(QUALITY_KEY, 92, type=int)
+        quality = w.prefs.get("export_quality")
         if target.suffix.lower() != ".png":
             quality, ok = QInputDialog.getInt(w, "Export quality", "Quality (1–100):",
                                               quality, 1, 100)  # fmt: skip
             if not ok:
                 return None
-            w.settings.setValue(QUALITY_KEY, quality)
-        w.settings.setValue("paths/export_dir", str(target.parent))
+            w.prefs.update(export_quality=quality)
+        w.prefs.update(export_dir=str(target.parent))
         return target, quality
 
     def export_dialog(self) -> None:
@@ -361,7 +353,7 @@ class ProjectUI:
             self.window.statusBar().showMessage("Image copied to the clipboard", 3000)
 
     def cache_dialog(self) -> None:
-        CacheSettingsDialog(self.cache, self.window.settings, self.window).exec()
+        CacheSettingsDialog(self.cache, self.window.prefs, self.window).exec()
 
     # -- reactions ---------------------------------------------------------------------------
 

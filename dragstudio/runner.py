@@ -52,7 +52,10 @@ Listener = Callable[[int, Event], None]
 
 
 def default_engine_factory(
-    device: str = "auto", lora_cache_dir: str | None = None, lora_cache: Any = None
+    device: str = "auto",
+    lora_cache_dir: str | None = None,
+    lora_cache: Any = None,
+    single_file_config: str | None = None,
 ) -> EngineFactory:
     """Build the real engine with the on-disk LoRA cache (torch is imported here, late).
 
@@ -66,7 +69,7 @@ def default_engine_factory(
         from backend.lora_cache import LoraCache
 
         cache = lora_cache or LoraCache(Path(lora_cache_dir) if lora_cache_dir else None)
-        return Engine(device, lora_cache=cache)
+        return Engine(device, lora_cache=cache, single_file_config=single_file_config)
 
     return make
 

@@ -12,10 +12,11 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-# Recovery files and the LoRA cache go to a private folder, never the user's.
+# Recovery files, settings and the LoRA cache go to a private folder, never the user's.
 _PRIVATE = tempfile.mkdtemp(prefix="dragstudio-tests-")
 os.environ.setdefault("DRAGSTUDIO_DATA_DIR", os.path.join(_PRIVATE, "data"))
 os.environ.setdefault("DRAGSTUDIO_CACHE_DIR", os.path.join(_PRIVATE, "cache"))
+os.environ.setdefault("DRAGSTUDIO_CONFIG_DIR", os.path.join(_PRIVATE, "config"))
 
 # One torch thread: the tiny test models gain nothing from more, and on a 2-core machine shared
 # with other work extra threads oversubscribe it (measured: 2-3× slower suite). Subprocesses

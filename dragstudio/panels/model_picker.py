@@ -6,7 +6,7 @@ the undo stack; the document carries it so that the request names the model it r
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -18,28 +18,26 @@ from PySide6.QtWidgets import (
 
 from backend.document import Change, Document, Notice
 from backend.request import DEFAULT_MODEL
+from backend.settings import SettingsStore
 from dragstudio.resources import icon
 
-RECENT_KEY = "model/recent"
-CURRENT_KEY = "model/current"
-MAX_RECENT = 8
-CHECKPOINT_FILTER = "Checkpoints (*.safetensors *.ckpt);;All files (*)"
+CHECKPOINT_FILTER = "Checkpoints (*.safetensors);;All files (*)"
 
 
 class ModelPicker(QWidget):
     modelChosen = Signal(str)
 
-    def __init__(self, document: Document, settings: QSettings) -> None:
+    def __init__(self, document: Document, prefs: SettingsStore) -> None:
         super().__init__()
         self._doc = document
-        self._settings = settings
+        self._prefs = prefs
 
         self.combo = QComboBox()
         self.combo.setEditable(True)
         self.combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
         self.combo.setToolTip(
             "The Stable Diffusion 1.5-style model to edit with: a Hugging Face hub id, "
-            "a local diffusers folder, or a single .safetensors/.ckpt checkpoint."
+            "a local diffusers folder, or a single .safetensors checkpoint."
         )
         self.combo.lineEdit().setPlaceholderText(DEFAULT_MODEL)
         self.folder_button = QToolButton(icon=icon("folder"), toolTip="Use a local model folder…")
@@ -60,15 +58,14 @@ class ModelPicker(QWidget):
         self.folder_button.clicked.connect(self._browse_folder)
         self.file_button.clicked.connect(self._browse_file)
 
-        remembered = settings.value(CURRENT_KEY, DEFAULT_MODEL, type=str) or DEFAULT_MODEL
+        remembered = prefs.get("model") or DEFAULT_MODEL
         self._fill(remembered)
         document.set_model(remembered)
         self._unsubscribe = document.subscribe(self._on_document)
         self.destroyed.connect(lambda *_: self._unsubscribe())
 
     def _recent(self) -> list[str]:
-        value = self._settings.value(RECENT_KEY, [], type=list)
-        return [str(v) for v in value if v]
+        return [m for m in self._prefs.get("recent_models") if m]
 
     def _fill(self, current: str) -> None:
         items = [current] + [m for m in [*self._recent(), DEFAULT_MODEL] if m != current]
@@ -81,9 +78,8 @@ class ModelPicker(QWidget):
     def choose(self, model: str) -> None:
         """Use ``model`` from now on and remember it (an empty text means the default)."""
         model = model.strip() or DEFAULT_MODEL
-        recent = [model] + [m for m in self._recent() if m != model]
-        self._settings.setValue(RECENT_KEY, recent[:MAX_RECENT])
-        self._settings.setValue(CURRENT_KEY, model)
+        self._prefs.push_recent("recent_models", model)
+        self._prefs.update(model=model)
         if model != self._doc.model:
             self._doc.set_model(model)
             self.modelChosen.emit(model)

@@ -106,10 +106,10 @@ def test_cache_dialog_shows_limits_and_clears(window, tmp_path: Path) -> None:
     blob = lora_bytes(LoraParams())
     for n in range(3):
         cache.put_bytes(f"{n:064x}", blob)
-    dialog = CacheSettingsDialog(cache, window.settings, window)
+    dialog = CacheSettingsDialog(cache, window.prefs, window)
     assert "in 3 LoRA(s)" in dialog.size_label.text()
     dialog.limit.setValue(0.1)  # far above 3 small entries: nothing goes
-    assert len(cache.entries()) == 3 and window.settings.value("lora_cache/limit_gb") == 0.1
+    assert len(cache.entries()) == 3 and window.prefs.get("lora_cache_limit_gb") == 0.1
     cache.limit_bytes = 2 * len(blob)
     cache.evict()
     assert [p.stem for p, _, _ in cache.entries()] == [f"{n:064x}" for n in (1, 2)]
