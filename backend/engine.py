@@ -38,8 +38,10 @@ from backend.events import (
     StepProgress,
 )
 from backend.features import unet_with_features
-from backend.generation import Generation, feature_weights, guide, run_generation
+from backend.generation import Generation, feature_weights
 from backend.lora import (
+    cache_lora,
+    cached_lora,
     has_adapter,
     load_adapter_state,
     lora_key,
@@ -56,6 +58,7 @@ from backend.models import (
     resolve_source,
 )
 from backend.request import DragRequest, LoraParams, params_to_dict
+from backend.sampling import guide, run_generation
 
 EventSink = Callable[[Event], None]
 
@@ -519,7 +522,7 @@ class Engine:
                 unet.enable_adapters()
             return {"steps": params.steps, "cached": True, "source": "memory", "key": key}
         if self.lora_cache is not None:
-            entry = self.lora_cache.get(key)
+            entry = cached_lora(self.lora_cache, key)
             if entry is not None:
                 with self._stage(Stage.LORA, 0, emit, stages, "reusing the cached LoRA"):
                     state, cached_params = entry
@@ -556,7 +559,7 @@ class Engine:
                 raise
             self._lora = LoraInfo(key, params, state)
             if self.lora_cache is not None:
-                self.lora_cache.put(key, state, params)
+                cache_lora(self.lora_cache, key, state, params)
         return {"steps": params.steps, "cached": False, "source": "trained", "key": key}
 
     @torch.no_grad()

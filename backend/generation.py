@@ -5,24 +5,17 @@ own latent at the inversion-strength timestep is the exact starting point, and d
 latent again with the same prompts and guidance reproduces the image. With classifier-free
 guidance the unconditional and conditional rows travel together through every stage.
 
-torch is imported only where sampling needs it: the project reader and the document build
-:class:`Generation` on the GUI thread, which must stay torch-free.
+This module is the torch-free half (the project reader and the document build
+:class:`Generation` on the GUI thread); the sampling itself is in :mod:`backend.sampling`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.errors import InvalidRequest
-
-if TYPE_CHECKING:
-    import torch
-
-    from backend.ddim import Schedule
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,62 +69,3 @@ def feature_weights(guidance_scale: float) -> tuple[float, float]:
     ``c = g / (2g − 1)``, as in the authors' implementation."""
     c = guidance_scale / (2.0 * guidance_scale - 1.0)
     return 1.0 - c, c
-
-
-def guide(model_output: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Combine ``[uncond, cond]`` row halves with classifier-free guidance."""
-    uncond, cond = model_output.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
-
-
-def run_generation(
-    unet: Any,
-    text: torch.Tensor,
-    schedule: Schedule,
-    generation: Generation,
-    *,
-    device: torch.device,
-    autocast: Callable[[], Any],
-    on_step: Callable[[int], None] | None = None,
-    check_cancel: Callable[[], None] | None = None,
-) -> np.ndarray:
-    """Sample with deterministic DDIM from seeded noise; return the whole latent trajectory.
-
-    ``text`` is ``[uncond; cond]`` with guidance, or just ``cond`` without.
-    """
-    import torch
-
-    with torch.no_grad():
-        return _sample(unet, text, schedule, generation, device, autocast, on_step, check_cancel)
-
-
-def _sample(
-    unet: Any,
-    text: torch.Tensor,
-    schedule: Schedule,
-    generation: Generation,
-    device: torch.device,
-    autocast: Callable[[], Any],
-    on_step: Callable[[int], None] | None,
-    check_cancel: Callable[[], None] | None,
-) -> np.ndarray:
-    import torch
-
-    gen = torch.Generator().manual_seed(generation.seed)
-    shape = (1, 4, generation.height // 8, generation.width // 8)
-    z = torch.randn(shape, generator=gen, dtype=torch.float32).to(device)
-    trajectory = [z.cpu()]
-    for i, t in enumerate(schedule.timesteps):
-        if check_cancel:
-            check_cancel()
-        batch = torch.cat([z, z]) if generation.uses_guidance else z
-        with autocast():
-            out = unet(batch.to(unet.dtype), t, encoder_hidden_states=text, return_dict=False)[0]
-        out = out.float()
-        if generation.uses_guidance:
-            out = guide(out, generation.guidance_scale)
-        z = schedule.step(out, t, z)
-        trajectory.append(z.cpu())
-        if on_step:
-            on_step(i + 1)
-    return torch.cat(trajectory).numpy().astype(np.float32)

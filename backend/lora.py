@@ -24,6 +24,7 @@ from PIL import Image
 
 from backend.ddim import Schedule
 from backend.errors import DragStudioError
+from backend.lora_cache import LoraCache
 from backend.request import LoraParams, params_to_dict
 
 ADAPTER = "dragstudio"
@@ -133,6 +134,29 @@ def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
         raise
     except Exception as exc:
         raise DragStudioError(f"cannot read the LoRA {path.name}: {exc}") from exc
+
+
+def cached_lora(cache: LoraCache, key: str) -> tuple[dict[str, torch.Tensor], LoraParams] | None:
+    """The adapter cached under ``key``, or None (a corrupt entry is deleted)."""
+    path = cache.entry_path(key)
+    if path is None:
+        return None
+    try:
+        state, params, stored_key = read_lora(path)
+        if stored_key != key:
+            raise DragStudioError("key mismatch")
+    except DragStudioError:
+        cache.drop(key)
+        return None
+    cache.touch(key)
+    return state, params
+
+
+def cache_lora(
+    cache: LoraCache, key: str, state: dict[str, torch.Tensor], params: LoraParams
+) -> None:
+    """Store an adapter in ``cache`` atomically (old entries beyond its limit are evicted)."""
+    cache.put_bytes(key, lora_to_bytes(state, params, key))
 
 
 def lora_key(image: np.ndarray, model_identity: str, prompt: str, params: LoraParams) -> str:

@@ -4,6 +4,9 @@ Entries are safetensors files named by the LoRA key (a hash of the image pixels,
 prompt and the LoRA parameters), written atomically so a crash or cancel never leaves a half
 entry. The total size is bounded; the least recently used entries go first. A corrupt entry is
 dropped and the LoRA retrained.
+
+The cache holds bytes and needs no torch (the GUI's settings dialog uses it); turning an entry
+into tensors is :func:`backend.lora.cached_lora` / :func:`backend.lora.cache_lora`.
 """
 
 from __future__ import annotations
@@ -13,14 +16,8 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from backend.atomicio import write_atomic
-from backend.errors import DragStudioError
-from backend.request import LoraParams
-
-if TYPE_CHECKING:
-    import torch
 
 DEFAULT_LIMIT_BYTES = 4 * 2**30
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -48,38 +45,25 @@ class LoraCache:
             raise ValueError("not a LoRA cache key")
         return self.directory / f"{key}.safetensors"
 
-    def get(self, key: str) -> tuple[dict[str, torch.Tensor], LoraParams] | None:
-        """The cached adapter for ``key``, or None (a corrupt entry is deleted)."""
-        from backend.lora import read_lora
-
-        path = self._path(key)
-        if not path.is_file():
-            return None
-        try:
-            state, params, stored_key = read_lora(path)
-            if stored_key != key:
-                raise DragStudioError("key mismatch")
-        except DragStudioError:
-            self.drop(key)
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mark as recently used
-        return state, params
-
-    def put(self, key: str, state: dict[str, torch.Tensor], params: LoraParams) -> None:
-        """Store an adapter atomically, then evict old entries beyond the size limit."""
-        from backend.lora import lora_to_bytes
-
-        self.put_bytes(key, lora_to_bytes(state, params, key))
-
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store a LoRA file's bytes as they are (a project's bundled LoRA), atomically."""
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(key), data)
         self.evict(keep=key)
 
+    def entry_path(self, key: str) -> Path | None:
+        """The file of the entry for ``key``, or None when there is none."""
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def touch(self, key: str) -> None:
+        """Mark an entry as recently used (eviction removes the least recently used first)."""
+        with contextlib.suppress(OSError):
+            os.utime(self._path(key))
+
     def read_bytes(self, key: str) -> bytes | None:
-        """A cached entry's file as it is, or None (the engine's ``get`` validates it)."""
+        """A cached entry's file as it is, or None (:func:`backend.lora.cached_lora` validates
+        it)."""
         try:
             return self._path(key).read_bytes()
         except OSError:

@@ -12,6 +12,8 @@ from backend.ddim import Schedule
 from backend.lora import (
     CropEncoder,
     adapter_state,
+    cache_lora,
+    cached_lora,
     has_adapter,
     load_adapter_state,
     lora_key,
@@ -152,17 +154,17 @@ def test_cache_hit_miss_eviction_and_corruption(tmp_path: Path) -> None:
     cache = LoraCache(tmp_path / "cache", limit_bytes=10_000)
     state = {"a.lora_A.weight": torch.randn(16, 32), "a.lora_B.weight": torch.zeros(32, 16)}
     k1, k2, k3 = ("1" * 64), ("2" * 64), ("3" * 64)
-    assert cache.get(k1) is None
-    cache.put(k1, state, LoraParams())
-    hit = cache.get(k1)
+    assert cached_lora(cache, k1) is None
+    cache_lora(cache, k1, state, LoraParams())
+    hit = cached_lora(cache, k1)
     assert hit is not None and torch.equal(hit[0]["a.lora_A.weight"], state["a.lora_A.weight"])
-    cache.put(k2, state, LoraParams())
-    cache.put(k3, state, LoraParams())  # over 10 kB: the least recently used goes
+    cache_lora(cache, k2, state, LoraParams())
+    cache_lora(cache, k3, state, LoraParams())  # over 10 kB: the least recently used goes
     assert cache.size_bytes() <= 10_000
-    assert cache.get(k3) is not None
-    assert cache.get(k1) is None
+    assert cached_lora(cache, k3) is not None
+    assert cached_lora(cache, k1) is None
     # A corrupt entry is dropped, never raised.
     (tmp_path / "cache" / f"{k3}.safetensors").write_bytes(b"garbage")
-    assert cache.get(k3) is None
+    assert cached_lora(cache, k3) is None
     assert not (tmp_path / "cache" / f"{k3}.safetensors").exists()
     assert not list((tmp_path / "cache").glob(".tmp-*"))

@@ -1,4 +1,4 @@
-"""Lint, format and the import contract (backend never imports Qt) are part of the test run."""
+"""Lint, format and the import contracts (docs/architecture.md) are part of the test run."""
 
 from __future__ import annotations
 
@@ -29,6 +29,19 @@ def test_backend_never_imports_qt() -> None:
     result = _run(exe, "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "KEPT" in result.stdout
+    assert "Contracts: 4 kept, 0 broken." in result.stdout, result.stdout
+
+
+def test_the_session_layer_loads_no_torch_at_run_time() -> None:
+    # The import contract checks the code statically; this checks what really gets loaded.
+    code = (
+        "import sys, backend.document, backend.project, backend.export, backend.lora_cache,"
+        " backend.generation, backend.settings, backend.params, backend.events;"
+        "bad=[m for m in ('torch','diffusers','peft','transformers') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = _run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_importing_the_whole_engine_loads_no_qt() -> None:

@@ -124,4 +124,6 @@ def test_lora_cache_stays_torch_free_and_drops_corrupt_entries(tmp_path: Path) -
     assert out.stdout.strip() == "False"
     cache = LoraCache(tmp_path)
     cache.put_bytes(KEY, b"\x00" * 40)  # corrupt
-    assert cache.get(KEY) is None and cache.read_bytes(KEY) is None  # dropped, not raised
+    from backend.lora import cached_lora
+
+    assert cached_lora(cache, KEY) is None and cache.read_bytes(KEY) is None  # dropped
