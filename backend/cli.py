@@ -252,20 +252,23 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if bundled.get("why") and not args.quiet:
             print(f"retraining the project's LoRA: {bundled['why']}", file=sys.stderr)
     result = engine.edit(request, _Printer(args.quiet))
+    trace = result.trace.to_dict()
     if bundled is not None:
-        result.trace["project_lora"] = bundled
+        trace["project_lora"] = bundled
     save_image(result.image, out)
     if args.save_project is not None:
-        from backend.project_cli import project_after_edit, save
+        from backend.project_cli import save
+        from backend.session import project_after_edit
 
-        save(args.save_project, project_after_edit(request, result, engine, project), args.quiet)
+        after = project_after_edit(request, result.image, result.trace, project, engine.export_lora)
+        save(args.save_project, after, args.quiet)
     if args.trace is not None:
-        args.trace.write_text(json.dumps(result.trace, indent=1) + "\n")
+        args.trace.write_text(json.dumps(trace, indent=1) + "\n")
     if not args.quiet:
-        dist = ", ".join(f"{d:.1f}" for d in result.trace["final_distances"])
+        dist = ", ".join(f"{d:.1f}" for d in result.trace.final_distances)
         print(
             f"wrote {out} ({result.image.shape[1]}×{result.image.shape[0]}) in "
-            f"{result.trace['stages']['total']:.1f} s; handles end {dist} px from their targets",
+            f"{result.trace.seconds:.1f} s; handles end {dist} px from their targets",
             file=sys.stderr,
         )
     return 0

@@ -13,9 +13,8 @@ import hashlib
 import resource
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,9 @@ from backend.attention import ReferenceKV, reference_control
 from backend.cancel import CancelToken
 from backend.ddim import Schedule
 from backend.drag import DragStepInfo, optimize_latent
-from backend.errors import Cancelled, DragStudioError, InvalidRequest
+from backend.errors import DragStudioError, InvalidRequest
 from backend.events import (
     Event,
-    Failed,
-    Finished,
     Stage,
     StageFinished,
     StageStarted,
@@ -45,6 +42,7 @@ from backend.lora import (
     has_adapter,
     load_adapter_state,
     lora_key,
+    lora_to_bytes,
     remove_adapter,
     train_lora,
 )
@@ -57,19 +55,11 @@ from backend.models import (
     pick_device,
     resolve_source,
 )
-from backend.request import DragRequest, LoraParams, params_to_dict
+from backend.request import DragRequest, LoraParams
+from backend.result import EditResult, Iteration, LoraOutcome, Trace
 from backend.sampling import guide, run_generation
 
 EventSink = Callable[[Event], None]
-
-
-@dataclass
-class EditResult:
-    image: np.ndarray
-    """The edited image at the user's resolution."""
-    trace: dict[str, Any]
-    working_image: np.ndarray | None = field(default=None, repr=False)
-    """The decoded result at working resolution, before resizing and compositing."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +188,14 @@ class Engine:
     def current_lora(self) -> LoraInfo | None:
         return self._lora
 
+    def export_lora(self, key: str) -> bytes | None:
+        """The safetensors file of the LoRA in memory if it is ``key``'s, else None: how a
+        trained LoRA leaves the engine (into a project)."""
+        current = self._lora
+        if current is None or current.key != key:
+            return None
+        return lora_to_bytes(current.state, current.params, key)
+
     def install_lora(self, key: str, params: LoraParams, state: dict[str, torch.Tensor]) -> None:
         """Put a previously trained adapter (e.g. from a project file) into the loaded UNet."""
         self._require_model()
@@ -218,34 +216,6 @@ class Engine:
         return lora_key(request.identity_image, self.source.identity, request.prompt, request.lora)
 
     # -- editing -----------------------------------------------------------------------------
-
-    def run(
-        self,
-        request: DragRequest,
-        on_event: EventSink | None = None,
-        cancel: CancelToken | None = None,
-    ) -> EditResult | None:
-        """Like :meth:`edit`, but reports failures as a :class:`Failed` event instead of raising."""
-        emit = on_event or (lambda _e: None)
-        try:
-            return self.edit(request, emit, cancel)
-        except Cancelled:
-            emit(Failed("cancelled", cancelled=True))
-        except DragStudioError as exc:
-            emit(Failed(str(exc), traceback.format_exc()))
-        except torch.OutOfMemoryError:
-            self.release_memory()
-            emit(
-                Failed(
-                    "out of GPU memory: try fewer LoRA steps, a smaller working width, "
-                    "closing other GPU programs, or the CPU",
-                    traceback.format_exc(),
-                )
-            )
-        except Exception as exc:
-            self.release_memory()
-            emit(Failed(f"the edit failed: {type(exc).__name__}: {exc}", traceback.format_exc()))
-        return None
 
     def edit(
         self,
@@ -299,7 +269,7 @@ class Engine:
         if generation is not None:
             with self._stage(Stage.LORA, 0, emit, stages, "skipped (generated image)"):
                 pass
-            lora_detail: dict[str, Any] = {"steps": 0, "cached": False, "source": "generated"}
+            lora_detail = LoraOutcome(0, False, "generated")
             with self._stage(Stage.INVERSION, 0, emit, stages, "skipped (generated image)"):
                 start_latent = generation.trajectory[start : start + 1]
                 zt = torch.from_numpy(start_latent).to(self.device)
@@ -320,7 +290,7 @@ class Engine:
             digest = _pixels_digest(request.image)
             reference_key = (
                 self.model_spec,
-                lora_detail.get("key", "no-lora"),
+                lora_detail.key or "no-lora",
                 digest,
                 (work_w, work_h),
                 request.prompt,
@@ -347,11 +317,11 @@ class Engine:
         keep = None
         if mask is not None:
             keep = (1.0 - imaging.mask_to_latent(mask, latent_hw)).to(self.device)
-        iterations: list[dict[str, Any]] = []
+        iterations: list[Iteration] = []
 
-        def to_image(h: torch.Tensor) -> list[list[float]]:
+        def to_image(h: torch.Tensor) -> tuple[tuple[float, float], ...]:
             pts = imaging.feature_to_image(h.cpu().double().numpy(), image_size, feature_hw)
-            return [[round(float(x), 2), round(float(y), 2)] for x, y in pts]
+            return tuple((round(float(x), 2), round(float(y), 2)) for x, y in pts)
 
         w_uncond, w_cond = feature_weights(guidance) if cfg else (0.0, 1.0)
 
@@ -370,7 +340,7 @@ class Engine:
 
         def on_drag_step(info: DragStepInfo) -> None:
             handles = to_image(info.handles)
-            iterations.append({"step": info.step, "handles": handles, "loss": info.loss})
+            iterations.append(Iteration(info.step, handles, info.loss))
             preview = None
             if params.preview_every and info.step % params.preview_every == 0:
                 preview = self._preview(info.model_output, info.latent, t, schedule)
@@ -380,7 +350,7 @@ class Engine:
                     info.step,
                     params.drag_steps,
                     loss=info.loss,
-                    handles=tuple((h[0], h[1]) for h in handles),
+                    handles=handles,
                     preview=preview,
                 )
             )
@@ -431,35 +401,34 @@ class Engine:
             result = imaging.keep_original_outside(request.image, result, mask)
         stages["total"] = time.perf_counter() - t_total
         final = to_image(outcome.handles)
-        trace: dict[str, Any] = {
-            "stages": {k: round(v, 4) for k, v in stages.items()},
-            "lora": lora_detail,
-            "iterations": iterations,
-            "drag_iterations": outcome.iterations,
-            "reached": outcome.reached,
-            "final_handles": final,
-            "handles": handles_img.tolist(),
-            "targets": targets_img.tolist(),
-            "final_distances": [
+        trace = Trace(
+            stages={k: round(v, 4) for k, v in stages.items()},
+            lora=lora_detail,
+            iterations=tuple(iterations),
+            drag_iterations=outcome.iterations,
+            reached=outcome.reached,
+            final_handles=final,
+            handles=tuple((float(x), float(y)) for x, y in handles_img),
+            targets=tuple((float(x), float(y)) for x, y in targets_img),
+            final_distances=tuple(
                 round(float(np.hypot(*(np.array(f) - g))), 3)
                 for f, g in zip(final, targets_img, strict=True)
-            ],
-            "image_size": list(image_size),
-            "working_size": [work_w, work_h],
-            "feature_size": [feature_hw[1], feature_hw[0]],
-            "optimized_timestep": t,
-            "device": str(self.device),
-            "dtype": str(unet.dtype).replace("torch.", ""),
-            "model": request.model,
-            "prompt": request.prompt if generation is None else generation.prompt,
-            "generated": generation is not None,
-            "guidance_scale": guidance,
-            "ddim_steps": len(schedule.timesteps),
-            "params": params_to_dict(params),
-            "lora_params": params_to_dict(request.lora),
-            "memory": _peak_memory(self.device),
-        }
-        emit(Finished(result, trace))
+            ),
+            image_size=image_size,
+            working_size=(work_w, work_h),
+            feature_size=(feature_hw[1], feature_hw[0]),
+            optimized_timestep=t,
+            device=str(self.device),
+            dtype=str(unet.dtype).replace("torch.", ""),
+            model=request.model,
+            prompt=request.prompt if generation is None else generation.prompt,
+            generated=generation is not None,
+            guidance_scale=guidance,
+            ddim_steps=len(schedule.timesteps),
+            params=params,
+            lora_params=request.lora,
+            memory=_peak_memory(self.device),
+        )
         return EditResult(result, trace, working)
 
     # -- stages ------------------------------------------------------------------------------
@@ -508,19 +477,19 @@ class Engine:
         emit: EventSink,
         token: CancelToken,
         stages: dict[str, float],
-    ) -> dict[str, Any]:
+    ) -> LoraOutcome:
         unet = self.pipe.unet
         params = request.lora
         if params.steps == 0:
             with self._stage(Stage.LORA, 0, emit, stages, "skipped (0 steps)"):
                 if self._lora is not None or has_adapter(unet):
                     self.forget_lora()
-            return {"steps": 0, "cached": False, "source": "none"}
+            return LoraOutcome(0, False, "none")
         key = self.lora_key_for(request)
         if self._lora is not None and self._lora.key == key and has_adapter(unet):
             with self._stage(Stage.LORA, 0, emit, stages, "reusing the LoRA in memory"):
                 unet.enable_adapters()
-            return {"steps": params.steps, "cached": True, "source": "memory", "key": key}
+            return LoraOutcome(params.steps, True, "memory", key)
         if self.lora_cache is not None:
             entry = cached_lora(self.lora_cache, key)
             if entry is not None:
@@ -532,7 +501,7 @@ class Engine:
                         self.lora_cache.drop(key)
                         entry = None
                 if entry is not None:
-                    return {"steps": params.steps, "cached": True, "source": "disk", "key": key}
+                    return LoraOutcome(params.steps, True, "disk", key)
         self._lora = None
         self._inversion_cache = None  # both depend on the adapter about to change
         self._reference_cache = None
@@ -560,7 +529,7 @@ class Engine:
             self._lora = LoraInfo(key, params, state)
             if self.lora_cache is not None:
                 cache_lora(self.lora_cache, key, state, params)
-        return {"steps": params.steps, "cached": False, "source": "trained", "key": key}
+        return LoraOutcome(params.steps, False, "trained", key)
 
     @torch.no_grad()
     def _encode(self, image: np.ndarray, digest: str, size: tuple[int, int]) -> torch.Tensor:

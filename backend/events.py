@@ -1,14 +1,15 @@
 """Typed, immutable progress events the engine reports while it works.
 
 The GUI turns them into signals on its own thread; the CLI prints them. They carry plain data
-(tuples, numpy arrays) so they can cross threads without sharing tensors.
+(tuples, numpy arrays) so they can cross threads without sharing tensors. They report progress
+only: how a job ended is what the call returns (an :class:`~backend.result.EditResult`) or
+raises, in one place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 
@@ -22,16 +23,6 @@ class Stage(StrEnum):
     DRAG = "drag"
     DENOISE = "denoise"
     GENERATE = "generate"
-
-
-STAGE_ORDER: tuple[Stage, ...] = (
-    Stage.LOAD,
-    Stage.LORA,
-    Stage.INVERSION,
-    Stage.DRAG,
-    Stage.DENOISE,
-)
-"""The stages of a drag edit (generation has its own: load, generate)."""
 
 
 @dataclass(frozen=True)
@@ -63,20 +54,4 @@ class StageFinished:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class Finished:
-    image: np.ndarray = field(compare=False)
-    """The edited image, H×W×3 uint8 at the user's resolution."""
-    trace: dict[str, Any] = field(compare=False)
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-    """One line for the user."""
-    details: str = ""
-    """The technical story (traceback) for "Show details"."""
-    cancelled: bool = False
-
-
-Event = StageStarted | StepProgress | StageFinished | Finished | Failed
+Event = StageStarted | StepProgress | StageFinished

@@ -14,16 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from backend.document import HistoryEntry
 from backend.errors import InvalidRequest
 from backend.params import apply_param_flags
 from backend.project import (
-    BundledLora,
     Project,
     describe,
     read_project,
     save_project,
-    sha256_pixels,
 )
 from backend.request import DragRequest, PointPair
 
@@ -95,69 +92,6 @@ def install_bundled_lora(engine: Any, project: Project, request: DragRequest) ->
     state, params, _ = lora_from_bytes(bundled.data)
     engine.install_lora(key, params, state)
     return {"bundled": True, "used": True}
-
-
-def project_after_edit(
-    request: DragRequest,
-    result: Any,
-    engine: Any,
-    previous: Project | None,
-) -> Project:
-    """The session with ``result`` accepted: history grows, points are spent, LoRA bundled."""
-    photo = previous.original if previous is not None else request.image
-    history = previous.history if previous is not None else ()
-    trace = result.trace
-    lora_trace = trace.get("lora", {})
-    entry = HistoryEntry(
-        before=request.image,
-        after=result.image,
-        pairs=tuple(_pair(p) for p in request.pairs),
-        prompt=request.prompt,
-        params=request.params,
-        lora=request.lora,
-        model=request.model,
-        seconds=float(trace.get("stages", {}).get("total", 0.0)),
-        lora_reused=bool(lora_trace.get("cached", False)),
-        final_handles=tuple((float(x), float(y)) for x, y in trace.get("final_handles", ())),
-    )
-    return Project(
-        original=photo,
-        mask=request.mask,
-        pairs=(),
-        prompt=request.prompt,
-        params=request.params,
-        lora_params=request.lora,
-        model=request.model,
-        history=(*history, entry),
-        lora=_bundle(engine, request, lora_trace.get("key"), previous),
-        generation=previous.generation if previous is not None else None,
-    )
-
-
-def _pair(p: PointPair) -> Any:
-    from backend.document import Pair
-
-    return Pair(tuple(p.handle), tuple(p.target))
-
-
-def _bundle(
-    engine: Any, request: DragRequest, key: str | None, previous: Project | None
-) -> BundledLora | None:
-    from backend.lora import lora_to_bytes
-
-    current = engine.current_lora
-    if key is None or current is None or current.key != key:
-        return None
-    if previous is not None and previous.lora is not None and previous.lora.key == key:
-        return previous.lora  # the very file it came with, byte for byte
-    return BundledLora(
-        key=key,
-        params=current.params,
-        data=lora_to_bytes(current.state, current.params, key),
-        image_sha256=sha256_pixels(request.identity_image),
-        prompt=request.prompt,
-        model=request.model,
-    )
 
 
 def save(path: Path, project: Project, quiet: bool) -> None:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import InvalidRequest
-from backend.events import Failed, Finished, StageFinished, StageStarted, StepProgress
+from backend.events import StageFinished, StageStarted, StepProgress
 from backend.request import DragRequest
+from backend.result import Trace
+from backend.session import history_entry
 from dragstudio.runner import EngineHost, Failure, Outcome
 
 ModelResolver = Callable[[str, Failure], Awaitable[str | None]]
@@ -33,30 +34,16 @@ class PendingResult:
     image: np.ndarray
     before: np.ndarray
     request: DragRequest
-    trace: dict[str, Any] = field(repr=False)
+    trace: Trace = field(repr=False)
     seconds: float = 0.0
 
     @property
     def lora_reused(self) -> bool:
-        return bool(self.trace.get("lora", {}).get("cached"))
-
-    @property
-    def final_handles(self) -> tuple[tuple[float, float], ...]:
-        return tuple((float(x), float(y)) for x, y in self.trace.get("final_handles", ()))
+        return self.trace.lora.cached
 
     def history_entry(self, pairs: tuple[Pair, ...]) -> HistoryEntry:
-        r = self.request
-        return HistoryEntry(
-            before=self.before,
-            after=self.image,
-            pairs=pairs,
-            prompt=r.prompt,
-            params=r.params,
-            lora=r.lora,
-            model=r.model,
-            seconds=self.seconds,
-            lora_reused=self.lora_reused,
-            final_handles=self.final_handles,
+        return history_entry(
+            self.request, self.before, self.image, self.trace, seconds=self.seconds, pairs=pairs
         )
 
 
@@ -202,5 +189,3 @@ class DragController(QObject):
             self.stepProgress.emit(event)
         elif isinstance(event, StageFinished):
             self.stageFinished.emit(event)
-        elif isinstance(event, (Finished, Failed)):
-            pass  # the awaited outcome carries these

@@ -198,7 +198,7 @@ class DragUI:
         else:
             canvas.set_result(pending.image)
             self.result_bar.show_result(
-                pending.seconds, pending.lora_reused, pending.trace.get("final_distances", [])
+                pending.seconds, pending.lora_reused, list(pending.trace.final_distances)
             )
             self.progress.status.setText(
                 "Done. Compare, then Accept or Discard."

@@ -26,7 +26,8 @@ from backend.errors import DragStudioError
 from backend.events import Stage, StageStarted
 from backend.export import edit_record, export_image, export_series
 from backend.lora_cache import LoraCache
-from backend.project import SUFFIX, BundledLora, Project, read_project, save_project, sha256_pixels
+from backend.project import SUFFIX, BundledLora, Project, read_project, save_project
+from backend.session import bundle_lora
 from dragstudio.drag_controller import PendingResult
 from dragstudio.project_dialogs import CacheSettingsDialog
 from dragstudio.qtimage import rgb_to_qimage
@@ -179,15 +180,7 @@ class ProjectUI:
             key, pending = self._trained
             data = self.cache.read_bytes(key)
             if data is not None:
-                r = pending.request
-                return BundledLora(
-                    key=key,
-                    params=r.lora,
-                    data=data,
-                    image_sha256=sha256_pixels(r.identity_image),
-                    prompt=r.prompt,
-                    model=r.model,
-                )
+                return bundle_lora(key, data, pending.request)
         return self.bundled
 
     def project(self) -> Project:
@@ -360,7 +353,7 @@ class ProjectUI:
     def _result_changed(self, pending: PendingResult | None) -> None:
         if pending is None:
             return
-        key = pending.trace.get("lora", {}).get("key")
+        key = pending.trace.lora.key
         if key:
             self._trained = (str(key), pending)
 

@@ -90,7 +90,7 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
     moved = len(handle_updates) > 0
     checks.check("tracking events arrived", moved, f"{len(handle_updates)} handle updates")
     pending = runner.pending
-    stages = runner.pending.trace.get("stages", {}) if runner.pending is not None else {}
+    stages = runner.pending.trace.stages if runner.pending is not None else {}
     print("     stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     checks.check(
         "result arrived",

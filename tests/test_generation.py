@@ -65,16 +65,16 @@ def test_drag_on_a_generated_image_skips_lora_and_inversion(
     monkeypatch.setattr(engine_module, "optimize_latent", spy)
     result = engine.edit(_drag_request(image, gen, tiny_model_dir))
     trace = result.trace
-    assert trace["generated"] is True and trace["lora"]["source"] == "generated"
-    assert trace["lora"]["steps"] == 0 and trace["guidance_scale"] == 5.0
+    assert trace.generated is True and trace.lora.source == "generated"
+    assert trace.lora.steps == 0 and trace.guidance_scale == 5.0
     # 0.7 of 10 steps: 7 "inverted" steps, i.e. the kept latent at timestep 601.
-    assert trace["optimized_timestep"] == 601
+    assert trace.optimized_timestep == 601
     # With guidance the unconditional and conditional maps sit side by side: twice the channels.
     channels = engine.pipe.unet.up_blocks[2].resnets[-1].out_channels
     assert shapes == [(1, 2 * channels, 48, 64)]
     # Non-square: 128×96 → features 64×48; (40, 48) maps to (20, 24) and back exactly.
-    assert trace["feature_size"] == [64, 48]
-    assert trace["iterations"][0]["handles"] == [[40.0, 48.0]]
+    assert trace.feature_size == (64, 48)
+    assert trace.iterations[0].handles == ((40.0, 48.0),)
     assert result.image.shape == image.shape
 
 
@@ -119,7 +119,7 @@ def test_v_prediction_models_drag_photos(tmp_path, photo) -> None:
     result = eng.edit(req)
     assert eng.pipe.scheduler.config.prediction_type == "v_prediction"
     assert result.image.shape == photo.shape
-    assert np.isfinite(result.trace["iterations"][0]["loss"])
+    assert np.isfinite(result.trace.iterations[0].loss)
     # Generation with a v-prediction model works the same way.
     image, gen = eng.generate(replace(GEN, width=64, height=64, steps=4), str(model))
     assert image.shape == (64, 64, 3) and np.isfinite(gen.trajectory).all()

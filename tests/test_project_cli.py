@@ -78,7 +78,6 @@ def test_continuing_a_project_reuses_its_lora(saved) -> None:
     assert code == 0
     trace = json.loads(trace_path.read_text())
     assert trace["lora"]["cached"] is True and trace["lora"]["source"] == "memory"
-    assert trace["stages"]["lora"] < 1.0
     assert trace["project_lora"] == {"bundled": True, "used": True}
     again = read_project(folder / "p2.dragstudio")
     assert len(again.history) == 2

@@ -15,6 +15,7 @@ import pytest
 from backend.bench.dragbench import load_case
 from backend.document import load_image
 from backend.request import DragParams, DragRequest, LoraParams
+from backend.result import Trace
 
 CASE = "animals/JH_2023-09-14-1820-16"
 
@@ -32,9 +33,9 @@ def _request(dev_data, model: str, params: DragParams, lora: LoraParams) -> Drag
     )
 
 
-def _distances(trace: dict) -> list[float]:
-    target = trace["targets"][0]
-    return [math.dist(it["handles"][0], target) for it in trace["iterations"]]
+def _distances(trace: Trace) -> list[float]:
+    target = trace.targets[0]
+    return [math.dist(it.handles[0], target) for it in trace.iterations]
 
 
 def test_handle_reaches_its_target_at_working_width_256(engine, tiny_model_dir, dev_data) -> None:
@@ -44,8 +45,8 @@ def test_handle_reaches_its_target_at_working_width_256(engine, tiny_model_dir, 
     trace = engine.edit(req).trace
     start = math.dist(req.pairs[0].handle, req.pairs[0].target)
     assert start > 110
-    assert trace["reached"] is True
-    assert trace["final_distances"][0] <= 12.0  # 2 feature pixels at this size are 8 px
+    assert trace.reached is True
+    assert trace.final_distances[0] <= 12.0  # 2 feature pixels at this size are 8 px
     # It got there by moving, not by a lucky jump: the distance shrinks over the iterations.
     d = _distances(trace)
     assert d[0] > 100 and np.mean(d[-5:]) < 0.5 * d[0]
@@ -59,7 +60,7 @@ def test_handle_travels_at_512_with_the_paper_defaults(dev_data, tmp_path) -> No
     model = save_tiny_model(tmp_path / "tiny-seed1", seed=1)
     req = _request(dev_data, str(model), DragParams(), LoraParams(steps=0))
     trace = Engine("cpu").edit(req).trace
-    assert trace["working_size"] == [512, 512] and trace["drag_iterations"] > 40
+    assert trace.working_size == (512, 512) and trace.drag_iterations > 40
     start = math.dist(req.pairs[0].handle, req.pairs[0].target)
     # Measured: 114 px → 43 px after 80 iterations on this model.
-    assert trace["final_distances"][0] < 0.55 * start
+    assert trace.final_distances[0] < 0.55 * start

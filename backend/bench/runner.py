@@ -143,7 +143,7 @@ def run_edits(
             log(f"[{n}/{len(cases)}] {case.relpath}: FAILED: {exc}")
             continue
         save_image(result.image, case_dir / EDITED_NAME)
-        trace = dict(result.trace)
+        trace = result.trace.to_dict()
         trace["case"] = case.relpath
         trace["clamped_points"] = pairs != case.pairs
         trace["bench_settings"] = config.settings()

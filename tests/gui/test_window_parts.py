@@ -195,11 +195,12 @@ def test_version_flag(capsys) -> None:
     assert capsys.readouterr().out.strip() == "DragStudio 0.1.0"
 
 
-def test_startup_imports_no_torch_and_is_quick(sample_image: Path, tmp_path) -> None:
+def test_startup_imports_no_torch_nor_the_engine(sample_image: Path, tmp_path) -> None:
+    # Startup is quick because nothing heavy loads: checked by what is imported, not by a
+    # wall-clock bound that a loaded machine could break.
     code = textwrap.dedent(
         f"""
-        import sys, time
-        start = time.perf_counter()
+        import sys
         from PySide6.QtCore import QSettings
         from PySide6.QtWidgets import QApplication
         import dragstudio.app
@@ -212,10 +213,11 @@ def test_startup_imports_no_torch_and_is_quick(sample_image: Path, tmp_path) -> 
         app.processEvents()
         assert w.open_path({str(sample_image)!r})
         app.processEvents()
-        elapsed = time.perf_counter() - start
-        heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
-        assert not heavy, heavy
-        print(f"{{elapsed:.3f}}")
+        heavy = ("torch", "diffusers", "transformers", "peft", "accelerate", "backend.engine",
+                 "backend.lora", "backend.models")
+        loaded = [m for m in heavy if m in sys.modules]
+        assert not loaded, loaded
+        print("ok")
         """
     )
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
@@ -223,4 +225,4 @@ def test_startup_imports_no_torch_and_is_quick(sample_image: Path, tmp_path) -> 
         [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip().splitlines()[-1]) < 2.0
+    assert out.stdout.strip().splitlines()[-1] == "ok"
