@@ -103,7 +103,8 @@ class ReferenceAttnProcessor:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
         if attn.residual_connection:
             out = out + residual
-        return out / attn.rescale_output_factor
+        result: torch.Tensor = out / attn.rescale_output_factor
+        return result
 
 
 def controlled_layer_names(unet: Any, blocks: Iterable[int]) -> list[str]:

@@ -46,7 +46,9 @@ class Schedule:
         """Index into :attr:`timesteps` of the latent that ``inversion_steps`` inversions reach."""
         return len(self.timesteps) - inversion_steps
 
-    def split(self, model_output: torch.Tensor, sample: torch.Tensor, t: int):
+    def split(
+        self, model_output: torch.Tensor, sample: torch.Tensor, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(eps, x0)`` from a model output evaluated at timestep ``t`` on ``sample``."""
         a = self.alpha(t)
         sa, s1a = a**0.5, (1.0 - a) ** 0.5
@@ -62,9 +64,12 @@ class Schedule:
         """One deterministic DDIM step from ``t`` to ``t - step_ratio`` (eta = 0)."""
         eps, x0 = self.split(model_output, sample, t)
         a_prev = self.alpha(t - self.step_ratio)
-        return a_prev**0.5 * x0 + (1.0 - a_prev) ** 0.5 * eps
+        out: torch.Tensor = a_prev**0.5 * x0 + (1.0 - a_prev) ** 0.5 * eps
+        return out
 
-    def inverse_step(self, model_output: torch.Tensor, t: int, sample: torch.Tensor):
+    def inverse_step(
+        self, model_output: torch.Tensor, t: int, sample: torch.Tensor
+    ) -> torch.Tensor:
         """One DDIM inversion step to timestep ``t`` from ``t - step_ratio``.
 
         The model output is evaluated at ``t`` on the current (less noisy) sample, the standard
@@ -78,7 +83,8 @@ class Schedule:
             # v at timestep t on this sample: recover eps with t's alpha.
             eps = a_t**0.5 * model_output + (1.0 - a_t) ** 0.5 * sample
         x0 = (sample - (1.0 - a_prev) ** 0.5 * eps) / a_prev**0.5
-        return a_t**0.5 * x0 + (1.0 - a_t) ** 0.5 * eps
+        out: torch.Tensor = a_t**0.5 * x0 + (1.0 - a_t) ** 0.5 * eps
+        return out
 
     def add_noise(
         self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor

@@ -211,6 +211,8 @@ def _disc_segment(
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     dx, dy = p1[0] - p0[0], p1[1] - p0[1]
     length2 = dx * dx + dy * dy
+    px: np.ndarray | float
+    py: np.ndarray | float
     if length2 > 0:
         t = ((xs - p0[0]) * dx + (ys - p0[1]) * dy) / length2
         t = np.clip(t, 0.0, 1.0)

@@ -7,6 +7,7 @@ Handles are integer positions (tracking returns grid points), targets may be any
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +45,8 @@ def read_at(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 def active_handles(handles: torch.Tensor, targets: torch.Tensor, stop: float) -> torch.Tensor:
     """Which handles have not yet arrived (distance ≥ ``stop``)."""
-    return (targets - handles).norm(dim=1) >= stop
+    active: torch.Tensor = (targets - handles).norm(dim=1) >= stop
+    return active
 
 
 def motion_supervision_loss(
@@ -124,7 +126,7 @@ def optimize_latent(
     stop: float,
     on_step: Callable[[DragStepInfo], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
-    autocast: Callable[[], object] | None = None,
+    autocast: Callable[[], AbstractContextManager[object]] | None = None,
     scaler: object | None = None,
 ) -> DragOutcome:
     """Optimise the inverted latent ``z_t`` by motion supervision and point tracking.
@@ -136,7 +138,7 @@ def optimize_latent(
     """
     import contextlib
 
-    ctx = autocast or contextlib.nullcontext
+    ctx: Callable[[], AbstractContextManager[object]] = autocast or contextlib.nullcontext
     handles = handles.clone().float()
     targets = targets.float()
     with torch.no_grad(), ctx():
@@ -160,7 +162,7 @@ def optimize_latent(
             reached = True
             break
         loss = motion_supervision_loss(feats, handles, targets, r1, stop)
-        if prev0 is not None:
+        if prev0 is not None and keep_mask is not None:
             prev = step_prev(out.float(), z)
             loss = loss + lam * ((prev - prev0) * keep_mask).abs().sum()
         latent_now = z.detach().clone() if on_step else None
@@ -174,6 +176,7 @@ def optimize_latent(
             optimizer.step()
         done = k + 1
         if on_step:
+            assert latent_now is not None
             info = DragStepInfo(
                 done, handles.clone(), float(loss.detach()), out.detach(), latent_now
             )

@@ -539,7 +539,7 @@ class Engine:
             return self._latent_cache[1]
         vae = self.pipe.vae
         x = imaging.to_model_input(image, size).to(self.device, vae.dtype)
-        z = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
+        z: torch.Tensor = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
         self._latent_cache = (key, z)
         return z
 

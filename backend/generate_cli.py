@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from backend.errors import InvalidRequest
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def add_generate_command(sub: argparse._SubParsersAction) -> dict[str, Handler]:
+def add_generate_command(sub: argparse._SubParsersAction[Any]) -> dict[str, Handler]:
     gen = sub.add_parser(
         "generate",
         help="generate an image from a prompt, keeping its latents so it drags exactly",

@@ -22,7 +22,7 @@ def to_model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """uint8 ``H×W×3`` → float ``(1, 3, h, w)`` in [-1, 1] at ``size`` = ``(w, h)``."""
     pil = Image.fromarray(image)
     if pil.size != size:
-        pil = pil.resize(size, Image.LANCZOS)
+        pil = pil.resize(size, Image.Resampling.LANCZOS)
     arr = np.asarray(pil, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -71,7 +71,7 @@ def restore_resolution(edited: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize the working-resolution result to the user's ``(w, h)``."""
     if (edited.shape[1], edited.shape[0]) == size:
         return edited
-    return np.asarray(Image.fromarray(edited).resize(size, Image.LANCZOS))
+    return np.asarray(Image.fromarray(edited).resize(size, Image.Resampling.LANCZOS))
 
 
 def keep_original_outside(

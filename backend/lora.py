@@ -36,7 +36,7 @@ def lora_config(params: LoraParams) -> Any:
 
     return LoraConfig(
         r=params.rank,
-        lora_alpha=params.alpha,
+        lora_alpha=params.alpha,  # type: ignore[arg-type]  # peft accepts floats at run time
         init_lora_weights="gaussian",
         target_modules=list(TARGET_MODULES),
     )
@@ -175,7 +175,7 @@ def training_image(image: np.ndarray, resolution: int = 512) -> Image.Image:
     w, h = pil.size
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    return pil.resize(size, Image.BILINEAR) if size != (w, h) else pil
+    return pil.resize(size, Image.Resampling.BILINEAR) if size != (w, h) else pil
 
 
 class CropEncoder:

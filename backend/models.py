@@ -245,7 +245,8 @@ def encode_prompt(pipe: Any, prompt: str) -> torch.Tensor:
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(pipe.text_encoder.device)
-    return pipe.text_encoder(ids)[0]
+    embeddings: torch.Tensor = pipe.text_encoder(ids)[0]
+    return embeddings
 
 
 def free_pipeline(pipe: Any) -> None:

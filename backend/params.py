@@ -454,7 +454,7 @@ def params_from_dict(cls: type[ParamsT], data: Any) -> ParamsT:
         kwargs[name] = value
     obj = replace(cls(), **kwargs)
     obj.validate()
-    floats = {
+    floats: dict[str, Any] = {
         f.name: float(getattr(obj, f.name)) for f in fields(cls) if _kind(f.default) == "float"
     }
     return replace(obj, **floats)

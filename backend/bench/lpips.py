@@ -35,6 +35,9 @@ class _Lin(nn.Module):
 class LPIPS(nn.Module):
     """LPIPS distance between images in [-1, 1]; 0 for identical images."""
 
+    shift: torch.Tensor  # buffers, registered below
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(

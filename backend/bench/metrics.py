@@ -29,7 +29,7 @@ def to_source_size(source: np.ndarray, edited: np.ndarray) -> np.ndarray:
     h, w = source.shape[:2]
     if edited.shape[:2] == (h, w):
         return edited
-    return np.asarray(Image.fromarray(edited).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(edited).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _signed(image: np.ndarray) -> torch.Tensor:
