@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ import torch
 
 from backend import imaging
 from backend.attention import ReferenceKV, reference_control
+from backend.caches import EngineCaches, LoraInfo
 from backend.cancel import CancelToken
 from backend.ddim import Schedule
-from backend.drag import DragStepInfo, optimize_latent
+from backend.drag import DragOutcome, DragStepInfo, optimize_latent
 from backend.errors import DragStudioError, InvalidRequest
 from backend.events import (
     Event,
@@ -51,6 +52,7 @@ from backend.models import (
     ModelSource,
     default_dtype,
     encode_prompt,
+    free_memory,
     load_pipeline,
     pick_device,
     resolve_source,
@@ -63,12 +65,55 @@ EventSink = Callable[[Event], None]
 
 
 @dataclass(frozen=True)
-class LoraInfo:
-    """The adapter currently in the UNet, for saving into projects."""
+class _Run:
+    """One edit in progress: the request, where events go, the cancel token, stage seconds."""
 
-    key: str
-    params: LoraParams
-    state: dict[str, torch.Tensor]
+    request: DragRequest
+    emit: EventSink
+    token: CancelToken
+    stages: dict[str, float] = field(default_factory=dict)
+    t_total: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Step 2's answer: everything the later steps compute with."""
+
+    request: DragRequest
+    schedule: Schedule
+    image_size: tuple[int, int]
+    work_size: tuple[int, int]
+    latent_hw: tuple[int, int]
+    feature_hw: tuple[int, int]
+    guidance: float
+    text: torch.Tensor
+    inv_steps: int
+    start: int
+    """Index into the schedule of the optimised latent."""
+    t: int
+    """The optimised latent's timestep."""
+
+    @property
+    def handles(self) -> np.ndarray:
+        return np.array([p.handle for p in self.request.pairs], dtype=np.float64)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array([p.target for p in self.request.pairs], dtype=np.float64)
+
+    def to_image(self, h: torch.Tensor) -> tuple[tuple[float, float], ...]:
+        """Feature-grid points ``(n, 2)`` → image pixels, rounded to 0.01 px."""
+        pts = imaging.feature_to_image(h.cpu().double().numpy(), self.image_size, self.feature_hw)
+        return tuple((round(float(x), 2), round(float(y), 2)) for x, y in pts)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Step 3's answer: the latent to drag and what its reference depends on."""
+
+    latent: torch.Tensor
+    lora: LoraOutcome
+    reference_key: tuple[Any, ...]
 
 
 def _peak_memory(device: torch.device) -> dict[str, float]:
@@ -104,11 +149,8 @@ class Engine:
         self.pipe: Any = None
         self.source: ModelSource | None = None
         self.model_spec: str | None = None
-        self._lora: LoraInfo | None = None
-        self._text_cache: dict[str, torch.Tensor] = {}
-        self._latent_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
-        self._inversion_cache: tuple[tuple[Any, ...], torch.Tensor] | None = None
-        self._reference_cache: tuple[tuple[Any, ...], ReferenceKV] | None = None
+        self.caches = EngineCaches()
+        """Text, latent, inversion, reference K/V and LoRA: see :mod:`backend.caches`."""
 
     # -- model -------------------------------------------------------------------------------
 
@@ -160,38 +202,26 @@ class Engine:
         self.model_spec = name
 
     def _drop_model(self) -> None:
-        import gc
-
         self.pipe = None
         self.source = None
         self.model_spec = None
-        self._lora = None
-        self._text_cache.clear()
-        self._latent_cache = None
-        self._inversion_cache = None
-        self._reference_cache = None
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.caches.invalidate()
+        free_memory(self.device)
 
     def release_memory(self) -> None:
         """Give cached device memory back, e.g. after an out-of-memory error."""
-        import gc
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_memory(self.device)
 
     # -- LoRA --------------------------------------------------------------------------------
 
     @property
     def current_lora(self) -> LoraInfo | None:
-        return self._lora
+        return self.caches.lora
 
     def export_lora(self, key: str) -> bytes | None:
         """The safetensors file of the LoRA in memory if it is ``key``'s, else None: how a
         trained LoRA leaves the engine (into a project)."""
-        current = self._lora
+        current = self.caches.lora
         if current is None or current.key != key:
             return None
         return lora_to_bytes(current.state, current.params, key)
@@ -200,15 +230,13 @@ class Engine:
         """Put a previously trained adapter (e.g. from a project file) into the loaded UNet."""
         self._require_model()
         load_adapter_state(self.pipe.unet, params, state)
-        self._lora = LoraInfo(key, params, state)
+        self.caches.lora = LoraInfo(key, params, state)
 
     def forget_lora(self) -> None:
         """Drop the adapter in memory so the next edit trains (or loads) a fresh one."""
         if self.pipe is not None:
             remove_adapter(self.pipe.unet)
-        self._lora = None
-        self._inversion_cache = None
-        self._reference_cache = None
+        self.caches.invalidate_adapter()
 
     def lora_key_for(self, request: DragRequest) -> str:
         self._require_model()
@@ -223,27 +251,41 @@ class Engine:
         on_event: EventSink | None = None,
         cancel: CancelToken | None = None,
     ) -> EditResult:
-        """Run one drag edit. Raises :class:`Cancelled` or :class:`DragStudioError` on failure."""
+        """Run one drag edit. Raises :class:`Cancelled` or :class:`DragStudioError` on failure.
+
+        The outline of a diffusers pipeline's ``__call__``: each numbered step is one helper.
+        """
         request.validate()
-        emit = on_event or (lambda _e: None)
-        token = cancel or CancelToken()
-        stages: dict[str, float] = {}
-        t_total = time.perf_counter()
+        run = _Run(request, on_event or (lambda _e: None), cancel or CancelToken())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-        with self._stage(Stage.LOAD, 1, emit, stages):
-            token.check()
+        # 1. The model.
+        with self._stage(Stage.LOAD, 1, run.emit, run.stages):
+            run.token.check()
             self.load_model(request.model)
-            token.check()
-        pipe = self.pipe
-        unet, _vae = pipe.unet, pipe.vae
-        params = request.params
+            run.token.check()
+        # 2. Schedule, working size and text conditioning.
+        plan = self._plan(request)
+        # 3. The latent to drag: LoRA + DDIM inversion of a photo, or a generation's own latent.
+        start = self._start_latent(run, plan)
+        # 4. Latent optimisation: motion supervision and point tracking.
+        outcome, iterations = self._optimise(run, plan, start.latent)
+        # 5. Denoising beside the reference with reference-latent-control, then decoding.
+        working = self._denoise_and_decode(run, plan, start, outcome.latent)
+        # 6. The result at the user's resolution, their pixels kept outside the mask.
+        result = self._compose(request, working)
+        # 7. The trace.
+        run.stages["total"] = time.perf_counter() - run.t_total
+        trace = self._trace(run, plan, start.lora, outcome, iterations)
+        return EditResult(result, trace, working)
+
+    def _plan(self, request: DragRequest) -> _Plan:
+        """Step 2: sizes, schedule, the optimised timestep and the text conditioning."""
+        pipe, params = self.pipe, request.params
         schedule = Schedule.from_scheduler(pipe.scheduler, params.inference_steps)
         image_size = request.image_size
         work_w, work_h = imaging.working_size(*image_size, params.working_width)
-        latent_hw = (work_h // 8, work_w // 8)
-        feature_hw = (work_h // 2, work_w // 2)
         generation = request.generation
         if generation is not None:
             # Appendix C: the generation's own latents replace LoRA and inversion.
@@ -254,24 +296,37 @@ class Engine:
                 )
             schedule = Schedule.from_scheduler(pipe.scheduler, generation.steps)
             work_w, work_h = generation.width, generation.height
-            latent_hw = (work_h // 8, work_w // 8)
-            feature_hw = (work_h // 2, work_w // 2)
             guidance = generation.guidance_scale
             text = self._conditioning(generation.prompt, generation.negative_prompt, guidance)
         else:
             guidance = 1.0  # real photos: no classifier-free guidance (paper §4.1)
             text = self._text_embeddings(request.prompt)
-        cfg = guidance > 1.0
         inv_steps = max(1, round(params.inversion_strength * len(schedule.timesteps)))
         start = schedule.start_index(inv_steps)
-        t = schedule.timesteps[start]
+        return _Plan(
+            request=request,
+            schedule=schedule,
+            image_size=image_size,
+            work_size=(work_w, work_h),
+            latent_hw=(work_h // 8, work_w // 8),
+            feature_hw=(work_h // 2, work_w // 2),
+            guidance=guidance,
+            text=text,
+            inv_steps=inv_steps,
+            start=start,
+            t=schedule.timesteps[start],
+        )
 
+    def _start_latent(self, run: _Run, plan: _Plan) -> _Start:
+        """Step 3: ``z_t`` and the key of everything the reference rows depend on."""
+        request, schedule, emit, stages = run.request, plan.schedule, run.emit, run.stages
+        generation = request.generation
         if generation is not None:
             with self._stage(Stage.LORA, 0, emit, stages, "skipped (generated image)"):
                 pass
             lora_detail = LoraOutcome(0, False, "generated")
             with self._stage(Stage.INVERSION, 0, emit, stages, "skipped (generated image)"):
-                start_latent = generation.trajectory[start : start + 1]
+                start_latent = generation.trajectory[plan.start : plan.start + 1]
                 zt = torch.from_numpy(start_latent).to(self.device)
             reference_key: tuple[Any, ...] = (
                 self.model_spec,
@@ -279,56 +334,55 @@ class Engine:
                 hashlib.sha256(start_latent.tobytes()).hexdigest(),
                 generation.prompt,
                 generation.negative_prompt,
-                guidance,
+                plan.guidance,
                 len(schedule.timesteps),
-                start,
+                plan.start,
             )
+            return _Start(zt, lora_detail, reference_key)
+        # Identity-preserving LoRA.
+        lora_detail = self._prepare_lora(request, plan.text, schedule, emit, run.token, stages)
+        # DDIM inversion to z_t, reused when nothing it depends on changed.
+        digest = _pixels_digest(request.image)
+        reference_key = (
+            self.model_spec,
+            lora_detail.key or "no-lora",
+            digest,
+            plan.work_size,
+            request.prompt,
+            len(schedule.timesteps),
+            plan.inv_steps,
+        )
+        zt = self.caches.get("inversion", reference_key)
+        if zt is not None:
+            with self._stage(Stage.INVERSION, 0, emit, stages, "reusing the inverted latent"):
+                pass
         else:
-            # 1. Identity-preserving LoRA.
-            lora_detail = self._prepare_lora(request, text, schedule, emit, token, stages)
-            # 2. DDIM inversion to z_t, reused when nothing it depends on changed.
-            digest = _pixels_digest(request.image)
-            reference_key = (
-                self.model_spec,
-                lora_detail.key or "no-lora",
-                digest,
-                (work_w, work_h),
-                request.prompt,
-                len(schedule.timesteps),
-                inv_steps,
-            )
-            cached = self._inversion_cache
-            if cached is not None and cached[0] == reference_key:
-                with self._stage(Stage.INVERSION, 0, emit, stages, "reusing the inverted latent"):
-                    zt = cached[1]
-            else:
-                with self._stage(Stage.INVERSION, inv_steps, emit, stages):
-                    z0 = self._encode(request.image, digest, (work_w, work_h))
-                    zt = self._invert(z0, text, schedule, inv_steps, emit, token)
-                self._inversion_cache = (reference_key, zt)
+            with self._stage(Stage.INVERSION, plan.inv_steps, emit, stages):
+                z0 = self._encode(request.image, digest, plan.work_size)
+                zt = self._invert(z0, plan.text, schedule, plan.inv_steps, emit, run.token)
+            self.caches.put("inversion", reference_key, zt)
+        return _Start(zt, lora_detail, reference_key)
 
-        # 3. Latent optimisation.
-        pairs = request.pairs
-        handles_img = np.array([p.handle for p in pairs], dtype=np.float64)
-        targets_img = np.array([p.target for p in pairs], dtype=np.float64)
-        handles_f = imaging.feature_grid_points(handles_img, image_size, feature_hw)
-        targets_f = imaging.feature_grid_points(targets_img, image_size, feature_hw)
+    def _optimise(
+        self, run: _Run, plan: _Plan, zt: torch.Tensor
+    ) -> tuple[DragOutcome, list[Iteration]]:
+        """Step 4: move the handles' features towards their targets by optimising ``z_t``."""
+        request, params, t = run.request, run.request.params, plan.t
+        unet, guidance, text = self.pipe.unet, plan.guidance, plan.text
+        cfg = guidance > 1.0
+        handles_f = imaging.feature_grid_points(plan.handles, plan.image_size, plan.feature_hw)
+        targets_f = imaging.feature_grid_points(plan.targets, plan.image_size, plan.feature_hw)
         mask = request.editable_mask
         keep = None
         if mask is not None:
-            keep = (1.0 - imaging.mask_to_latent(mask, latent_hw)).to(self.device)
+            keep = (1.0 - imaging.mask_to_latent(mask, plan.latent_hw)).to(self.device)
         iterations: list[Iteration] = []
-
-        def to_image(h: torch.Tensor) -> tuple[tuple[float, float], ...]:
-            pts = imaging.feature_to_image(h.cpu().double().numpy(), image_size, feature_hw)
-            return tuple((round(float(x), 2), round(float(y), 2)) for x, y in pts)
-
         w_uncond, w_cond = feature_weights(guidance) if cfg else (0.0, 1.0)
 
         def forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             batch = torch.cat([z, z]) if cfg else z
             out, feats = unet_with_features(
-                unet, batch.to(unet.dtype), t, text, params.feature_block, feature_hw
+                unet, batch.to(unet.dtype), t, text, params.feature_block, plan.feature_hw
             )
             if not cfg:
                 return out, feats
@@ -339,12 +393,12 @@ class Engine:
             )
 
         def on_drag_step(info: DragStepInfo) -> None:
-            handles = to_image(info.handles)
+            handles = plan.to_image(info.handles)
             iterations.append(Iteration(info.step, handles, info.loss))
             preview = None
             if params.preview_every and info.step % params.preview_every == 0:
-                preview = self._preview(info.model_output, info.latent, t, schedule)
-            emit(
+                preview = self._preview(info.model_output, info.latent, t, plan.schedule)
+            run.emit(
                 StepProgress(
                     Stage.DRAG,
                     info.step,
@@ -355,13 +409,14 @@ class Engine:
                 )
             )
 
-        adapters = _adapters_disabled(unet) if generation is not None else contextlib.nullcontext()
-        with adapters, self._stage(Stage.DRAG, params.drag_steps, emit, stages):
+        generated = request.generation is not None
+        adapters = _adapters_disabled(unet) if generated else contextlib.nullcontext()
+        with adapters, self._stage(Stage.DRAG, params.drag_steps, run.emit, run.stages):
             scaler = torch.amp.GradScaler("cuda") if self._amp else None
             outcome = optimize_latent(
                 zt,
                 forward,
-                lambda out, z: schedule.step(out, t, z),
+                lambda out, z: plan.schedule.step(out, t, z),
                 torch.from_numpy(handles_f).float().to(self.device),
                 torch.from_numpy(targets_f).float().to(self.device),
                 keep_mask=keep,
@@ -372,64 +427,86 @@ class Engine:
                 r2=params.r2,
                 stop=params.stop_distance,
                 on_step=on_drag_step,
-                check_cancel=token.check,
+                check_cancel=run.token.check,
                 autocast=self._autocast,
                 scaler=scaler,
             )
+        return outcome, iterations
 
-        # 4. Denoising with reference-latent-control.
-        denoise_steps = len(schedule.timesteps) - start
-        adapters = _adapters_disabled(unet) if generation is not None else contextlib.nullcontext()
-        with adapters, self._stage(Stage.DENOISE, denoise_steps, emit, stages):
+    def _denoise_and_decode(
+        self, run: _Run, plan: _Plan, start: _Start, edited: torch.Tensor
+    ) -> np.ndarray:
+        """Step 5: denoise the optimised latent beside its reference and decode it."""
+        params, unet = run.request.params, self.pipe.unet
+        denoise_steps = len(plan.schedule.timesteps) - plan.start
+        generated = run.request.generation is not None
+        adapters = _adapters_disabled(unet) if generated else contextlib.nullcontext()
+        with adapters, self._stage(Stage.DENOISE, denoise_steps, run.emit, run.stages):
             edited = self._denoise(
-                zt,
-                outcome.latent,
-                text,
-                guidance,
-                schedule,
-                start,
+                start.latent,
+                edited,
+                plan.text,
+                plan.guidance,
+                plan.schedule,
+                plan.start,
                 params.ref_control_blocks,
-                (*reference_key, tuple(params.ref_control_blocks)),
-                emit,
-                token,
+                (*start.reference_key, tuple(params.ref_control_blocks)),
+                run.emit,
+                run.token,
             )
             working = self._decode(edited)
-            token.check()
+            run.token.check()
+        return working
 
-        result = imaging.restore_resolution(working, image_size)
-        if params.keep_unmasked_pixels and mask is not None:
+    @staticmethod
+    def _compose(request: DragRequest, working: np.ndarray) -> np.ndarray:
+        """Step 6: back to the photo's size; its own pixels outside the mask (the default)."""
+        result = imaging.restore_resolution(working, request.image_size)
+        mask = request.editable_mask
+        if request.params.keep_unmasked_pixels and mask is not None:
             result = imaging.keep_original_outside(request.image, result, mask)
-        stages["total"] = time.perf_counter() - t_total
-        final = to_image(outcome.handles)
-        trace = Trace(
-            stages={k: round(v, 4) for k, v in stages.items()},
-            lora=lora_detail,
+        return result
+
+    def _trace(
+        self,
+        run: _Run,
+        plan: _Plan,
+        lora: LoraOutcome,
+        outcome: DragOutcome,
+        iterations: list[Iteration],
+    ) -> Trace:
+        """Step 7: what happened, for the CLI's ``--trace``, the benchmark and the GUI."""
+        request, generation = run.request, run.request.generation
+        final = plan.to_image(outcome.handles)
+        work_w, work_h = plan.work_size
+        return Trace(
+            stages={k: round(v, 4) for k, v in run.stages.items()},
+            lora=lora,
             iterations=tuple(iterations),
             drag_iterations=outcome.iterations,
             reached=outcome.reached,
             final_handles=final,
-            handles=tuple((float(x), float(y)) for x, y in handles_img),
-            targets=tuple((float(x), float(y)) for x, y in targets_img),
+            handles=tuple((float(x), float(y)) for x, y in plan.handles),
+            targets=tuple((float(x), float(y)) for x, y in plan.targets),
             final_distances=tuple(
                 round(float(np.hypot(*(np.array(f) - g))), 3)
-                for f, g in zip(final, targets_img, strict=True)
+                for f, g in zip(final, plan.targets, strict=True)
             ),
-            image_size=image_size,
+            image_size=plan.image_size,
             working_size=(work_w, work_h),
-            feature_size=(feature_hw[1], feature_hw[0]),
-            optimized_timestep=t,
+            feature_size=(plan.feature_hw[1], plan.feature_hw[0]),
+            optimized_timestep=plan.t,
             device=str(self.device),
-            dtype=str(unet.dtype).replace("torch.", ""),
+            dtype=str(self.pipe.unet.dtype).replace("torch.", ""),
             model=request.model,
             prompt=request.prompt if generation is None else generation.prompt,
             generated=generation is not None,
-            guidance_scale=guidance,
-            ddim_steps=len(schedule.timesteps),
-            params=params,
+            guidance_scale=plan.guidance,
+            ddim_steps=len(plan.schedule.timesteps),
+            params=request.params,
             lora_params=request.lora,
             memory=_peak_memory(self.device),
         )
-        return EditResult(result, trace, working)
 
     # -- stages ------------------------------------------------------------------------------
 
@@ -462,12 +539,12 @@ class Engine:
             raise DragStudioError("no model is loaded")
 
     def _text_embeddings(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._text_cache:
-            emb = encode_prompt(self.pipe, prompt)
-            if len(self._text_cache) > 8:
-                self._text_cache.clear()
-            self._text_cache[prompt] = emb.to(self.pipe.unet.dtype)
-        return self._text_cache[prompt]
+        cached = self.caches.text_for(prompt)
+        if cached is not None:
+            return cached
+        emb = encode_prompt(self.pipe, prompt).to(self.pipe.unet.dtype)
+        self.caches.put_text(prompt, emb)
+        return emb
 
     def _prepare_lora(
         self,
@@ -482,11 +559,12 @@ class Engine:
         params = request.lora
         if params.steps == 0:
             with self._stage(Stage.LORA, 0, emit, stages, "skipped (0 steps)"):
-                if self._lora is not None or has_adapter(unet):
+                if self.caches.lora is not None or has_adapter(unet):
                     self.forget_lora()
             return LoraOutcome(0, False, "none")
         key = self.lora_key_for(request)
-        if self._lora is not None and self._lora.key == key and has_adapter(unet):
+        current = self.caches.lora
+        if current is not None and current.key == key and has_adapter(unet):
             with self._stage(Stage.LORA, 0, emit, stages, "reusing the LoRA in memory"):
                 unet.enable_adapters()
             return LoraOutcome(params.steps, True, "memory", key)
@@ -502,9 +580,7 @@ class Engine:
                         entry = None
                 if entry is not None:
                     return LoraOutcome(params.steps, True, "disk", key)
-        self._lora = None
-        self._inversion_cache = None  # both depend on the adapter about to change
-        self._reference_cache = None
+        self.caches.invalidate_adapter()  # inversion and reference depend on the adapter
         with self._stage(Stage.LORA, params.steps, emit, stages, "fine-tuning LoRA"):
 
             def on_step(step: int, loss: float) -> None:
@@ -526,7 +602,7 @@ class Engine:
                 # A half-trained adapter must never be mistaken for a finished one.
                 remove_adapter(unet)
                 raise
-            self._lora = LoraInfo(key, params, state)
+            self.caches.lora = LoraInfo(key, params, state)
             if self.lora_cache is not None:
                 cache_lora(self.lora_cache, key, state, params)
         return LoraOutcome(params.steps, False, "trained", key)
@@ -535,12 +611,13 @@ class Engine:
     def _encode(self, image: np.ndarray, digest: str, size: tuple[int, int]) -> torch.Tensor:
         """VAE posterior mean of the working image, scaled; computed once per image and size."""
         key = (self.model_spec, size, digest)
-        if self._latent_cache is not None and self._latent_cache[0] == key:
-            return self._latent_cache[1]
+        cached: torch.Tensor | None = self.caches.get("latent", key)
+        if cached is not None:
+            return cached
         vae = self.pipe.vae
         x = imaging.to_model_input(image, size).to(self.device, vae.dtype)
         z: torch.Tensor = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
-        self._latent_cache = (key, z)
+        self.caches.put("latent", key, z)
         return z
 
     @torch.no_grad()
@@ -604,9 +681,9 @@ class Engine:
         kv: ReferenceKV | None = None
         replay = False
         if blocks and self.reuse_reference:
-            cached = self._reference_cache
-            replay = cached is not None and cached[0] == reference_key
-            kv = cached[1] if replay and cached is not None else ReferenceKV()
+            recorded: ReferenceKV | None = self.caches.get("reference", reference_key)
+            replay = recorded is not None
+            kv = recorded if recorded is not None else ReferenceKV()
             kv.replay = replay
         z = edited.float() if replay else torch.cat([reference.float(), edited.float()])
         emb = text if replay else text.repeat(2, 1, 1)
@@ -629,7 +706,7 @@ class Engine:
                 z = schedule.step(out, t, z)
                 emit(StepProgress(Stage.DENOISE, i + 1, len(timesteps)))
         if kv is not None and not replay:
-            self._reference_cache = (reference_key, kv)  # only complete recordings are kept
+            self.caches.put("reference", reference_key, kv)  # only complete recordings are kept
         return z[-1:]
 
     def _conditioning(self, prompt: str, negative: str, guidance: float) -> torch.Tensor:

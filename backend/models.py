@@ -25,6 +25,15 @@ DEFAULT_SINGLE_FILE_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 _CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
 
 
+def free_memory(device: torch.device) -> None:
+    """Give memory back: collect Python garbage, then return CUDA's cached blocks."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """CUDA, then Apple MPS, then CPU; or exactly what was asked for, if it exists."""
     requested = (requested or "auto").lower()

@@ -140,12 +140,12 @@ def measure(engine: Engine, name: str, option: Option, base: DragParams, lora: L
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
     result = engine.edit(request)
-    mem = result.trace["memory"]
+    mem = result.trace.memory
     return {
-        "stages": result.trace["stages"],
+        "stages": result.trace.stages,
         "gpu_peak_gb": mem.get("gpu_peak_gb"),
         "process_peak_rss_gb": mem.get("process_peak_rss_gb"),
-        "drag_iterations": result.trace["drag_iterations"],
+        "drag_iterations": result.trace.drag_iterations,
     }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from backend.engine import CancelToken, Engine
 from backend.errors import Cancelled
@@ -106,6 +107,26 @@ def test_redrag_reuses_the_lora_from_memory_then_disk(tiny_model_dir, photo, tmp
     assert t4.lora.cached is False
 
 
+_COMPLETE: dict[str, dict] = {}
+
+
+def _complete_caches(req: DragRequest) -> dict:
+    """What an uncancelled edit of ``req`` leaves in the caches (computed once)."""
+    if "caches" not in _COMPLETE:
+        eng = Engine("cpu")
+        eng.edit(req)
+        _COMPLETE["caches"] = eng.caches.snapshot()
+    return _COMPLETE["caches"]
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
 @pytest.mark.parametrize("stage", [Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE])
 def test_cancel_stops_each_stage_within_one_step(stage, tiny_model_dir, photo, tmp_path) -> None:
     cache = LoraCache(tmp_path / "lora")
@@ -128,6 +149,17 @@ def test_cancel_stops_each_stage_within_one_step(stage, tiny_model_dir, photo, t
         assert cache.entries() == []
     else:
         assert eng.current_lora is not None
+    # No partial cache entry, checked in the one place the engine keeps them: each entry left
+    # is exactly what an uncancelled edit stores under the same key, and none comes from the
+    # stage that was cut short (or later).
+    held = eng.caches.snapshot()
+    complete = _complete_caches(req)
+    expected = {"lora", "latent", "inversion"}
+    expected &= {Stage.LORA: set(), Stage.INVERSION: {"lora", "latent"}}.get(stage, expected)
+    assert {k for k in held if not k.startswith("text:")} == expected
+    for name, (key, value) in held.items():
+        assert complete[name][0] == key, name
+        assert _same(complete[name][1], value), name
     # The engine works normally afterwards.
     assert eng.edit(req).image.shape == photo.shape
 

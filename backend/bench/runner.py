@@ -179,14 +179,11 @@ def load_scorers(
     dift_seed: int = 0,
 ) -> Scorers:
     """Load both metric networks; a missing one is recorded with the reason, not guessed."""
-    import gc
-
     from backend.bench.dift import DEFAULT_DIFT_MODEL, DiftFeaturizer
     from backend.bench.lpips import WeightsUnavailable, load_lpips
+    from backend.models import free_memory
 
-    gc.collect()  # the editing model is gone by now; give its memory back before SD 2.1 loads
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    free_memory(device)  # the editing model is gone by now; give its memory back for SD 2.1
     s = Scorers(dift_model=dift_model or DEFAULT_DIFT_MODEL)
     try:
         s.lpips = load_lpips(lpips_weights, device)
