@@ -238,7 +238,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     out: Path = args.out
     if not out.parent.exists():
         raise InvalidRequest(f"the folder {out.parent} does not exist")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+    from backend.export import FORMATS
+
+    if out.suffix.lower() not in FORMATS:
         raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
     if args.save_project is not None and not args.save_project.parent.is_dir():
         raise InvalidRequest(f"the folder {args.save_project.parent} does not exist")

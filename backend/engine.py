@@ -57,6 +57,7 @@ from backend.models import (
     pick_device,
     resolve_source,
 )
+from backend.project import sha256_pixels
 from backend.request import DragRequest, LoraParams
 from backend.result import EditResult, Iteration, LoraOutcome, Trace
 from backend.sampling import guide, run_generation
@@ -342,7 +343,7 @@ class Engine:
         # Identity-preserving LoRA.
         lora_detail = self._prepare_lora(request, plan.text, schedule, emit, run.token, stages)
         # DDIM inversion to z_t, reused when nothing it depends on changed.
-        digest = _pixels_digest(request.image)
+        digest = sha256_pixels(request.image)
         reference_key = (
             self.model_spec,
             lora_detail.key or "no-lora",
@@ -768,20 +769,15 @@ def _adapters_disabled(unet: Any) -> Iterator[None]:
         unet.enable_adapters()
 
 
-def _pixels_digest(image: np.ndarray) -> str:
-    h = hashlib.sha256(f"{image.shape}{image.dtype}".encode())
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
 def save_image(image: np.ndarray, path: Path) -> None:
     """Write an image atomically (temporary file in the same folder, then rename)."""
     from PIL import Image
 
     from backend.atomicio import atomic_file
+    from backend.export import FORMATS
 
     path = Path(path)
-    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DragStudioError(f"cannot write {path.name}: use .png, .jpg or .webp")
     with atomic_file(path) as f:

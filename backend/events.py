@@ -25,6 +25,17 @@ class Stage(StrEnum):
     GENERATE = "generate"
 
 
+DRAG_STAGES: tuple[Stage, ...] = (
+    Stage.LOAD,
+    Stage.LORA,
+    Stage.INVERSION,
+    Stage.DRAG,
+    Stage.DENOISE,
+)
+"""The stages of a drag edit, in order (the one list the GUI, self-test and benchmark use)."""
+GENERATE_STAGES: tuple[Stage, ...] = (Stage.LOAD, Stage.GENERATE)
+
+
 @dataclass(frozen=True)
 class StageStarted:
     stage: Stage

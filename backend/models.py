@@ -27,7 +27,6 @@ _CONFIG_PATTERNS = ["*.json", "**/*.json", "*.txt", "**/*.txt", "**/*.model"]
 
 def free_memory(device: torch.device) -> None:
     """Give memory back: collect Python garbage, then return CUDA's cached blocks."""
-    import gc
 
     gc.collect()
     if device.type == "cuda":
@@ -256,11 +255,3 @@ def encode_prompt(pipe: Any, prompt: str) -> torch.Tensor:
     ).input_ids.to(pipe.text_encoder.device)
     embeddings: torch.Tensor = pipe.text_encoder(ids)[0]
     return embeddings
-
-
-def free_pipeline(pipe: Any) -> None:
-    """Drop a pipeline and give its memory back to the device."""
-    del pipe
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QScrollArea
 
-from backend.events import Stage, StageFinished, StageStarted, StepProgress
+from backend.events import GENERATE_STAGES, Stage, StageFinished, StageStarted, StepProgress
 from dragstudio.panels.generate import GeneratePanel
-from dragstudio.panels.progress import GENERATE_STAGES, format_seconds
+from dragstudio.panels.progress import format_seconds
 from dragstudio.runner import Outcome
 
 if TYPE_CHECKING:

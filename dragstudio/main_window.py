@@ -61,7 +61,6 @@ OPEN_FILTER = (
     f"Projects and images (*.dragstudio {IMAGE_TYPES});;{PROJECT_FILTER};;Images ({IMAGE_TYPES})"
     ";;All files (*)"
 )
-IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif);;All files (*)"
 BRUSH_STEP = 1.25
 """[ and ] scale the brush by this factor, so a few presses go from fine to broad."""
 

@@ -63,7 +63,6 @@ class ProjectUI:
         self.bundled: BundledLora | None = None
         """The LoRA that belongs with the document: from the opened project or the last drag."""
         self._trained: tuple[str, PendingResult] | None = None
-        self._told_retrain = False
         self.recovery_dir = data_dir() / "recovery"
         self._build_actions()
         self.timer = QTimer(window)
@@ -158,7 +157,7 @@ class ProjectUI:
         self._history_len = len(w.document.history)
         self.path = None if recovered else path
         self.bundled = project.lora
-        self._trained, self._told_retrain = None, False
+        self._trained = None
         if project.lora is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.cache.put_bytes(project.lora.key, project.lora.data)
@@ -369,7 +368,6 @@ class ProjectUI:
         message = f"Retraining the LoRA from the project: {why}."
         self.window.drag_ui.progress.status.setText(message)
         self.window.statusBar().showMessage(message, 10000)
-        self._told_retrain = True
         self.bundled = None
 
     def _on_document(self, notice: Notice) -> None:

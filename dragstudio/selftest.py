@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-STAGES = ("load", "lora", "inversion", "drag", "denoise")
+from backend.events import DRAG_STAGES
+
+STAGES = tuple(s.value for s in DRAG_STAGES)
 
 
 def sample_image(width: int = 256, height: int = 192) -> np.ndarray:

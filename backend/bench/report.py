@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from backend.bench.runner import Scorers, write_json, write_text
+from backend.events import DRAG_STAGES, Stage
 
-STAGES = ("lora", "inversion", "drag", "denoise", "total")
+STAGES = (*(s.value for s in DRAG_STAGES if s != Stage.LOAD), "total")
 KEPT_FRACTION = 0.99
 
 

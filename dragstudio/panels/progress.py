@@ -20,7 +20,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.events import Stage, StageFinished, StageStarted, StepProgress
+from backend.events import (
+    DRAG_STAGES,
+    Stage,
+    StageFinished,
+    StageStarted,
+    StepProgress,
+)
 from dragstudio.qtimage import rgb_to_qimage
 
 STAGE_TITLES: dict[Stage, str] = {
@@ -31,8 +37,6 @@ STAGE_TITLES: dict[Stage, str] = {
     Stage.DRAG: "Optimisation",
     Stage.DENOISE: "Denoising",
 }
-DRAG_STAGES = (Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE)
-GENERATE_STAGES = (Stage.LOAD, Stage.GENERATE)
 PREVIEW_WIDTH = 240
 
 
