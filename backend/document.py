@@ -30,6 +30,15 @@ MAX_SIDE = 16384
 """Largest width or height we open, the same bound the engine's request accepts."""
 
 Point = tuple[float, float]
+
+
+def clamp_point(point: Point, size: tuple[int, int]) -> Point:
+    """``point`` moved to the nearest pixel centre inside an image of ``size`` = ``(w, h)``."""
+    w, h = size
+    x, y = point
+    return (min(max(x, 0.0), max(w - 1.0, 0.0)), min(max(y, 0.0), max(h - 1.0, 0.0)))
+
+
 Rect = tuple[int, int, int, int]
 """A pixel region ``(x0, y0, x1, y1)``, end-exclusive."""
 
@@ -455,11 +464,10 @@ class Document:
         return None
 
     def _clamp(self, point: Point) -> Point:
-        w, h = self.size
         x, y = float(point[0]), float(point[1])
         if not (math.isfinite(x) and math.isfinite(y)):
             raise InvalidRequest(f"invalid point {point!r}")
-        return (min(max(x, 0.0), max(w - 1.0, 0.0)), min(max(y, 0.0), max(h - 1.0, 0.0)))
+        return clamp_point((x, y), self.size)
 
     def insert_pair(self, index: int, pair: Pair) -> None:
         target = self._clamp(pair.target) if pair.target is not None else None

@@ -65,12 +65,9 @@ class BenchConfig:
 
 def _clamped(pairs: tuple[PointPair, ...], size: tuple[int, int]) -> tuple[PointPair, ...]:
     """Points nudged inside the image: annotations on the last pixel's far edge (x = W) exist."""
-    w, h = size
+    from backend.document import clamp_point
 
-    def inside(p: tuple[float, float]) -> tuple[float, float]:
-        return min(max(p[0], 0.0), w - 1.0), min(max(p[1], 0.0), h - 1.0)
-
-    return tuple(PointPair(inside(p.handle), inside(p.target)) for p in pairs)
+    return tuple(PointPair(clamp_point(p.handle, size), clamp_point(p.target, size)) for p in pairs)
 
 
 def is_finished(case_dir: Path) -> bool:

@@ -27,7 +27,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QMenu, QWidget
 
-from backend.document import Change, Document, Notice, Pair, Point
+from backend.document import Change, Document, Notice, Pair, Point, clamp_point
 from dragstudio.canvas.compare import paint_result, paint_trails
 from dragstudio.canvas.layers import (
     POINT_RADIUS,
@@ -152,8 +152,7 @@ class CanvasView(QWidget):
         return -0.5 <= p[0] < w - 0.5 and -0.5 <= p[1] < h - 0.5
 
     def clamp(self, p: Point) -> Point:
-        w, h = self.document.size
-        return (min(max(p[0], 0.0), w - 1.0), min(max(p[1], 0.0), h - 1.0))
+        return clamp_point(p, self.document.size)
 
     def _set_transform(self, t: ViewTransform) -> None:
         old = self._t.zoom
