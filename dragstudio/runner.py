@@ -86,6 +86,22 @@ class Failure:
     model_missing: bool = False
 
 
+# The engine's messages name command-line flags; the window has settings and pickers instead.
+GUI_WORDS: tuple[tuple[str, str], ...] = (
+    ("use --device cpu", "set `device` to cpu in the settings file"),
+    ("Pass --model-config with", "Set `model_config` in the settings file to"),
+    ("pass --model-config with", "set `model_config` in the settings file to"),
+    ("with --model", "in the model picker"),
+)
+
+
+def gui_wording(message: str) -> str:
+    """``message`` with command-line flags replaced by what a window user can change."""
+    for flag, words in GUI_WORDS:
+        message = message.replace(flag, words)
+    return message
+
+
 def describe_failure(exc: BaseException) -> Failure:
     """Turn an exception from the engine thread into words a user can act on."""
     details = "".join(traceback.format_exception(exc))
@@ -102,13 +118,15 @@ def describe_failure(exc: BaseException) -> Failure:
         )
     if isinstance(exc, ModelNotFound):
         return Failure(
-            str(exc),
+            gui_wording(str(exc)),
             "Download the model, or choose a local model folder or checkpoint file.",
             details,
             model_missing=True,
         )
     if isinstance(exc, DragStudioError):
-        return Failure(str(exc), "Check the points, mask and parameters, then try again.", details)
+        return Failure(
+            gui_wording(str(exc)), "Check the points, mask and parameters, then try again.", details
+        )
     return Failure(
         f"The edit failed unexpectedly ({name}: {exc}).",
         "Try a smaller working width or fewer LoRA steps, or switch to the CPU. If it keeps "

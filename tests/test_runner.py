@@ -234,3 +234,22 @@ def test_wait_closed_lets_a_cancelled_job_finish_before_the_loop_goes() -> None:
     # It waited for the step in progress, not the whole edit: counted, not timed.
     assert fake.steps_run[:2] == [(Stage.LORA, 1), (Stage.LORA, 2)]
     assert set(fake.steps_run[2:]) <= {(Stage.INVERSION, 1)}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA was requested but no CUDA GPU is available; use --device cpu",
+        "could not load the checkpoint x.safetensors: bad. Is it a Stable Diffusion 1.x "
+        "checkpoint? Pass --model-config with the diffusers folder of its base model",
+        "could not load 'a/b': gone. Download it, or pass a local diffusers folder or "
+        ".safetensors file with --model",
+    ],
+)
+def test_engine_messages_name_no_command_line_flags_in_the_window(message: str) -> None:
+    from backend.errors import DragStudioError
+    from backend.models import ModelNotFound
+
+    for exc in (DragStudioError(message), ModelNotFound(message)):
+        shown = describe_failure(exc).message
+        assert "--" not in shown and ("settings file" in shown or "model picker" in shown)
