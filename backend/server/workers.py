@@ -1,0 +1,184 @@
+"""Engine workers: one engine per device, each on its own thread, each draining its own queue.
+
+The engine is created on its thread (torch is imported there, late). A job reports through
+callbacks the server schedules onto its event loop; the worker never touches a socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from backend.cancel import CancelToken
+from backend.errors import Cancelled, DragStudioError, InvalidRequest, ModelNotFound
+from backend.events import Event, Failed, Finished
+from backend.generation import Generation
+from backend.request import DragRequest
+from backend.server.queue import FairQueue
+
+log = logging.getLogger("dragstudio.server")
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    """One client's edit or generation, from submission to its last message."""
+
+    owner: Any
+    """The session that submitted it; the only one that may see or cancel it."""
+    kind: str  # "edit" or "generate"
+    model: str
+    """The allow-listed name the client asked for."""
+    spec: str
+    """What that name loads on this server (never sent back)."""
+    request: DragRequest | None = None
+    generation: Generation | None = None
+    retrain_lora: bool = False
+    lora_file: bytes | None = None
+    """A project's bundled LoRA, adopted into the cache when it fits the request."""
+    id: int = field(default_factory=lambda: next(_ids))
+    token: CancelToken = field(default_factory=CancelToken)
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    on_event: Callable[[Job, Event], None] = lambda _j, _e: None
+    on_end: Callable[[Job, dict[str, Any] | None, dict[str, Any] | None], None] = (
+        lambda _j, _r, _f: None
+    )
+    """``on_end(job, outcome, failure)``, called on the engine thread exactly once."""
+
+
+def classify(exc: BaseException) -> dict[str, str]:
+    """A failure as the protocol's ``{kind, message}`` (the traceback stays in the server log)."""
+    if isinstance(exc, Cancelled):
+        return {"kind": "cancelled", "message": "Cancelled."}
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower():
+        return {"kind": "out_of_memory", "message": "The server's GPU ran out of memory."}
+    if isinstance(exc, ModelNotFound):
+        return {"kind": "model_missing", "message": text}
+    if isinstance(exc, InvalidRequest):
+        return {"kind": "invalid", "message": text}
+    if isinstance(exc, DragStudioError):
+        return {"kind": "error", "message": text}
+    return {"kind": "error", "message": f"The job failed on the server ({type(exc).__name__})."}
+
+
+class EngineWorker:
+    """An engine on ``device`` and the thread that runs its queue's jobs one at a time."""
+
+    def __init__(self, device: str, cache_dir: Path, cache_limit_bytes: int) -> None:
+        self.device = device
+        self.cache_dir = cache_dir
+        self.cache_limit_bytes = cache_limit_bytes
+        self.queue: FairQueue[Job] = FairQueue()
+        self.current: Job | None = None
+        self.engine: Any = None
+        self.done = 0
+        self._thread = threading.Thread(target=self._loop, name=f"engine-{device}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> list[Job]:
+        """Cancel the running job, stop taking more; return the jobs that never ran."""
+        left = self.queue.close()
+        current = self.current
+        if current is not None:
+            current.token.cancel()
+        self._thread.join(timeout)
+        return left
+
+    def _make_engine(self) -> Any:
+        from backend.engine import Engine
+        from backend.lora_cache import LoraCache
+
+        cache = LoraCache(self.cache_dir, limit_bytes=self.cache_limit_bytes)
+        return Engine(self.device, lora_cache=cache)
+
+    def _loop(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            self.current = job
+            try:
+                self._run(job)
+            finally:
+                self.current = None
+                self.done += 1
+
+    def _run(self, job: Job) -> None:
+        outcome: dict[str, Any] | None = None
+        failure: dict[str, str] | None = None
+        try:
+            job.token.check()
+            job.state = "running"
+            if self.engine is None:
+                self.engine = self._make_engine()
+            outcome = self._edit(job) if job.kind == "edit" else self._generate(job)
+        except BaseException as exc:
+            failure = classify(exc)
+            if failure["kind"] != "cancelled":
+                log.warning("job %d failed:\n%s", job.id, "".join(traceback.format_exception(exc)))
+                if self.engine is not None:
+                    try:
+                        self.engine.release_memory()
+                    except Exception:
+                        log.exception("releasing memory failed")
+        job.state = "done" if failure is None else (
+            "cancelled" if failure["kind"] == "cancelled" else "failed"
+        )  # fmt: skip
+        job.on_end(job, outcome, failure)
+
+    def _emit(self, job: Job) -> Callable[[Event], None]:
+        def emit(event: Event) -> None:
+            # Finished and Failed travel as the job's own done/failed messages.
+            if not job.token.cancelled and not isinstance(event, (Finished, Failed)):
+                job.on_event(job, event)
+
+        return emit
+
+    def _edit(self, job: Job) -> dict[str, Any]:
+        from backend.server.codec import png_bytes
+
+        engine = self.engine
+        assert job.request is not None
+        request = replace(job.request, model=job.spec)
+        if job.retrain_lora or job.lora_file is not None:
+            engine.load_model(request.model)
+            key = engine.lora_key_for(request)
+            if job.retrain_lora:
+                engine.forget_lora()
+                engine.lora_cache.drop(key)
+            elif engine.lora_cache.read_bytes(key) is None:
+                self._adopt_lora(engine, key, request, job.lora_file)
+        result = engine.edit(request, self._emit(job), job.token)
+        trace = dict(result.trace)
+        trace["model"] = job.model  # the name the client knows, not this server's path
+        return {"image": png_bytes(result.image), "trace": trace}
+
+    @staticmethod
+    def _adopt_lora(engine: Any, key: str, request: DragRequest, data: bytes | None) -> None:
+        """File a project's LoRA under this server's key when it was trained for this request
+        (same image, prompt and parameters; the key differs only by the model's location)."""
+        from backend.lora import lora_from_bytes
+
+        assert data is not None
+        state, params, _ = lora_from_bytes(data)
+        if params == request.lora:
+            engine.lora_cache.put(key, state, params)
+
+    def _generate(self, job: Job) -> dict[str, Any]:
+        from backend.project import latents_bytes
+        from backend.server.codec import png_bytes
+
+        assert job.generation is not None
+        image, generation = self.engine.generate(
+            job.generation, job.spec, self._emit(job), job.token
+        )
+        return {"image": png_bytes(image), "latents": latents_bytes(generation.trajectory)}
