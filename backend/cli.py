@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the session (photo, result, points, parameters, trained LoRA) as a project",
     )
     edit.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    from backend.server.cli_args import add_server_args
+
+    add_server_args(edit)
     from backend.bench.cli import add_bench_commands  # bench, bench-metrics
 
     COMMANDS.update(add_bench_commands(sub))
@@ -118,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(add_generate_command(sub))
     return parser
+
+
+def _close(engine: Any) -> None:
+    """Hang up a remote engine (a local one has nothing to close)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 def _load_mask(path: Path, size: tuple[int, int]) -> Any:
@@ -221,8 +231,8 @@ def cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from backend.engine import Engine, save_image
-    from backend.lora_cache import LoraCache
+    from backend.engine import save_image
+    from backend.server.cli_args import remote_engine
 
     project = None
     if args.project is not None:
@@ -244,26 +254,39 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
     if args.save_project is not None and not args.save_project.parent.is_dir():
         raise InvalidRequest(f"the folder {args.save_project.parent} does not exist")
-    cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
-    engine = Engine(args.device, lora_cache=cache, single_file_config=args.model_config)
+    engine = remote_engine(args)
+    if engine is None:
+        from backend.engine import Engine
+        from backend.lora_cache import LoraCache
+
+        cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
+        engine = Engine(args.device, lora_cache=cache, single_file_config=args.model_config)
     bundled = None
-    if project is not None:
+    if project is not None and args.server is not None:
+        fits = project.lora is not None and project.lora.mismatch(request) is None
+        engine.offer_lora(project.lora.data if fits and project.lora else None)
+    elif project is not None:
         from backend.project_cli import install_bundled_lora
 
         bundled = install_bundled_lora(engine, project, request)
         if bundled.get("why") and not args.quiet:
             print(f"retraining the project's LoRA: {bundled['why']}", file=sys.stderr)
-    result = engine.edit(request, _Printer(args.quiet))
-    trace = result.trace.to_dict()
-    if bundled is not None:
-        trace["project_lora"] = bundled
-    save_image(result.image, out)
-    if args.save_project is not None:
-        from backend.project_cli import save
-        from backend.session import project_after_edit
+    try:
+        result = engine.edit(request, _Printer(args.quiet))
+        trace = result.trace.to_dict()
+        if bundled is not None:
+            trace["project_lora"] = bundled
+        save_image(result.image, out)
+        if args.save_project is not None:
+            from backend.project_cli import save
+            from backend.session import project_after_edit
 
-        after = project_after_edit(request, result.image, result.trace, project, engine.export_lora)
-        save(args.save_project, after, args.quiet)
+            after = project_after_edit(
+                request, result.image, result.trace, project, engine.export_lora
+            )
+            save(args.save_project, after, args.quiet)
+    finally:
+        _close(engine)
     if args.trace is not None:
         args.trace.write_text(json.dumps(trace, indent=1) + "\n")
     if not args.quiet:

@@ -39,6 +39,9 @@ def add_generate_command(sub: argparse._SubParsersAction[Any]) -> dict[str, Hand
         help="save a project with the image and its latents, ready to drag",
     )
     gen.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    from backend.server.cli_args import add_server_args
+
+    add_server_args(gen)
     return {"generate": cmd_generate}
 
 
@@ -59,7 +62,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for path in (args.out, args.save_project):
         if path is not None and not path.parent.exists():
             raise InvalidRequest(f"the folder {path.parent} does not exist")
-    engine = Engine(args.device, single_file_config=args.model_config)
+    from backend.server.cli_args import remote_engine
+
+    engine = remote_engine(args) or Engine(args.device, single_file_config=args.model_config)
     image, generation = engine.generate(spec, args.model)
     save_image(image, args.out)
     if args.save_project is not None:

@@ -32,6 +32,7 @@ FILE_NAME = "settings.json"
 MAX_RECENT = 8
 MAX_FILE_BYTES = 1 << 20
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ENGINES = ("local", "server")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,13 @@ class Settings:
         "For a single-file (.safetensors) model: diffusers folder or hub id of its base model, "
         "whose configs and tokenizer it uses (empty: Stable Diffusion 1.5).",
     )
+    engine: str = _key(
+        "local", "Where drags run: this computer, or a DragStudio server.", choices=ENGINES
+    )
+    server_url: str = _key(
+        "", "The DragStudio server's address (ws:// or wss://); its token is kept apart, "
+        "owner-only, in server_token beside this file."
+    )  # fmt: skip
 
 
 REGISTRY: dict[str, Key] = {f.name: f.metadata["key"] for f in fields(Settings)}

@@ -46,6 +46,7 @@ from dragstudio.canvas.view import percent_text
 from dragstudio.commands import ClearPairs, EditMask, InvertMask
 from dragstudio.dialogs import ModelChoice, ask_missing_model
 from dragstudio.drag_ui import DragUI, show_failure_dialog
+from dragstudio.engine_ui import EngineUI, make_host
 from dragstudio.generate_ui import GenerateUI
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
@@ -53,7 +54,7 @@ from dragstudio.prefs import open_prefs
 from dragstudio.project_dialogs import cache_limit_bytes
 from dragstudio.project_ui import PROJECT_FILTER, ProjectUI, is_project
 from dragstudio.resources import app_icon, icon
-from dragstudio.runner import EngineHost, Failure, default_engine_factory
+from dragstudio.runner import EngineHost, Failure
 
 APP_NAME = "DragStudio"
 IMAGE_TYPES = "*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif"
@@ -91,14 +92,10 @@ class MainWindow(QMainWindow):
         self._build_docks()
         self._build_status_bar()
         self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.prefs))
-        factory = default_engine_factory(
-            self.prefs.get("device"),
-            lora_cache=self.lora_cache,
-            single_file_config=self.prefs.get("model_config") or None,
-        )
-        self.drag_ui = DragUI(self, host or EngineHost(factory))
+        self.drag_ui = DragUI(self, host or make_host(self.prefs, self.lora_cache))
         self.project_ui = ProjectUI(self, self.lora_cache)
         self.generate_ui = GenerateUI(self)
+        self.engine_ui = EngineUI(self)
 
         # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
         self.undo_stack.cleanChanged.connect(self._clean_changed)

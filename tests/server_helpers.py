@@ -121,8 +121,8 @@ def tiny_request(photo: np.ndarray, model: str = "tiny", **changes: Any) -> Drag
     params = DragParams(inference_steps=6, drag_steps=3, working_width=128)
     return DragRequest(
         image=photo,
-        pairs=(PointPair((100.0, 120.0), (130.0, 120.0)),),
-        mask=mask,
+        pairs=changes.pop("pairs", (PointPair((100.0, 120.0), (130.0, 120.0)),)),
+        mask=changes.pop("mask", mask),
         prompt="a test",
         params=replace(params, **changes.pop("params", {})),
         lora=replace(LoraParams(steps=2, batch_size=1, resolution=64), **changes.pop("lora", {})),

@@ -64,6 +64,9 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
     )
     bench.add_argument("--no-metrics", action="store_true", help="edit only; score later")
     _metric_args(bench)
+    from backend.server.cli_args import add_server_args
+
+    add_server_args(bench)  # the edits run there; scoring stays here
 
     metrics = sub.add_parser(
         "bench-metrics",
@@ -120,7 +123,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = BenchConfig(args.model, params, lora, args.device)
     log = _log(args.quiet)
     log(f"{len(cases)} cases from {args.data} ({cases[0].fmt}) → {args.out}")
-    counts = run_edits(cases, args.data, args.out, config, log)
+    from backend.server.cli_args import remote_engine
+
+    counts = run_edits(cases, args.data, args.out, config, log, engine=remote_engine(args))
     done = f"edited {counts['edited']}, skipped {counts['skipped']} finished"
     log(f"{done}, {counts['failed']} failed")
     if args.no_metrics:

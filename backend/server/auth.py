@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
@@ -52,3 +53,27 @@ def bearer(header: str | None) -> str:
     if not header or not header.startswith("Bearer "):
         return ""
     return header[len("Bearer ") :].strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret (a client's copy of a server token) readable by its owner only, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_private(path: Path) -> str:
+    """A secret written by :func:`write_private` ('' when there is none or it cannot be read)."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""

@@ -427,7 +427,11 @@ class RemoteEngine:
         self.client = ServerClient(url, token, cafile=cafile)
         self._lora_file: bytes | None = None
         self._last_key: str | None = None
-        self._run(self.client.connect())
+        try:
+            self._run(self.client.connect())
+        except BaseException:
+            self.close()
+            raise
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
