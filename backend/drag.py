@@ -44,8 +44,10 @@ def read_at(features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def active_handles(handles: torch.Tensor, targets: torch.Tensor, stop: float) -> torch.Tensor:
-    """Which handles have not yet arrived (distance ≥ ``stop``)."""
-    active: torch.Tensor = (targets - handles).norm(dim=1) >= stop
+    """Which handles have not yet arrived (distance ≥ ``stop``; one on its target has, even
+    with ``stop`` 0, which would otherwise divide by zero and send NaN into grid_sample)."""
+    dist = (targets - handles).norm(dim=1)
+    active: torch.Tensor = (dist >= stop) & (dist > 0)
     return active
 
 
@@ -63,7 +65,7 @@ def motion_supervision_loss(
     for hi, gi in zip(handles, targets, strict=True):
         delta = gi - hi
         dist = float(delta.norm())
-        if dist < stop:
+        if dist < stop or dist == 0.0:
             continue
         d = delta / dist
         q = _patch(hi, r1, h, w).to(features.device)
