@@ -64,8 +64,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"the folder {path.parent} does not exist")
     from backend.server.cli_args import remote_engine
 
-    engine = remote_engine(args) or Engine(args.device, single_file_config=args.model_config)
-    image, generation = engine.generate(spec, args.model)
+    remote = remote_engine(args)
+    engine = remote or Engine(args.device, single_file_config=args.model_config)
+    try:
+        image, generation = engine.generate(spec, args.model)
+    finally:
+        if remote is not None:
+            remote.close()
     save_image(image, args.out)
     if args.save_project is not None:
         from backend.project import project_from_generation, save_project

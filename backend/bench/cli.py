@@ -125,7 +125,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     log(f"{len(cases)} cases from {args.data} ({cases[0].fmt}) → {args.out}")
     from backend.server.cli_args import remote_engine
 
-    counts = run_edits(cases, args.data, args.out, config, log, engine=remote_engine(args))
+    engine = remote_engine(args)
+    try:
+        counts = run_edits(cases, args.data, args.out, config, log, engine=engine)
+    finally:
+        if engine is not None:
+            engine.close()
     done = f"edited {counts['edited']}, skipped {counts['skipped']} finished"
     log(f"{done}, {counts['failed']} failed")
     if args.no_metrics:
