@@ -23,7 +23,15 @@ TOKEN = "test-token-0123456789abcdef"
 class ThreadServer:
     """``with ThreadServer(models, cache) as s:`` → ``s.url``; closes (and joins) on exit."""
 
-    def __init__(self, tiny: Path, tmp: Path, **limits: Any) -> None:
+    def __init__(
+        self,
+        tiny: Path,
+        tmp: Path,
+        *,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        **limits: Any,
+    ) -> None:
         from backend.server.app import Server, ServerConfig
         from backend.server.protocol import Limits
 
@@ -34,6 +42,8 @@ class ThreadServer:
             host="127.0.0.1",
             port=0,
             devices=("cpu",),
+            certfile=certfile,
+            keyfile=keyfile,
             limits=replace(Limits(), **limits),
         )
         self.server = Server(config)
