@@ -190,3 +190,31 @@ def test_limits_travel_as_json() -> None:
     assert Limits.from_json(limits.to_json()) == limits
     with pytest.raises(ProtocolError):
         Limits.from_json({"max_pixels": -1})
+
+
+def test_the_server_configuration_comes_from_a_file_and_flags(tmp_path: Path, capsys) -> None:
+    import json
+
+    from backend.server.app import build_parser, config_from_args
+
+    config_file = tmp_path / "server.json"
+    config_file.write_text(json.dumps({
+        "models": {"sd15": "/models/sd15"}, "port": 9000, "devices": "cuda:0,cuda:1",
+        "max_pixels": 1000, "token_file": str(tmp_path / "tok"),
+    }))  # fmt: skip
+    args = build_parser().parse_args(["--config", str(config_file), "--port", "9100"])
+    config, created = config_from_args(args)
+    assert created and config.port == 9100 and config.host == "127.0.0.1"
+    assert config.models == {"sd15": "/models/sd15"}
+    assert config.devices == ("cuda:0", "cuda:1") and config.limits.max_pixels == 1000
+    assert config.token in capsys.readouterr().out  # printed once, at creation
+    again, created = config_from_args(args)
+    assert not created and again.token == config.token
+    assert config.token not in capsys.readouterr().out
+    bare = build_parser().parse_args(["--token-file", str(tmp_path / "tok")])
+    with pytest.raises(DragStudioError, match="no models allowed"):
+        config_from_args(bare)
+    flags = build_parser().parse_args(
+        ["--allow-model", "a=/x", "--allow-model", "hub/id", "--token-file", str(tmp_path / "tok")]
+    )
+    assert config_from_args(flags)[0].models == {"a": "/x", "hub/id": "hub/id"}
