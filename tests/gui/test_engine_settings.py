@@ -3,11 +3,12 @@ window's host swapped so drags and generations go to the chosen engine."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
 
-from dragstudio.engine_ui import KIND_KEY, EngineDialog
+from dragstudio.engine_ui import EngineDialog, token_path
 from dragstudio.remote import RemoteEngineHost
 from dragstudio.runner import EngineHost
 from tests.server_helpers import TOKEN, ThreadServer
@@ -24,7 +25,7 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
     assert window.actions["engine_settings"] in ui.menu.actions()
     assert ui.menu.title() == "&Settings"
     with ThreadServer(tiny_model_dir, tmp_path) as server:
-        dialog = EngineDialog(window.settings, window)
+        dialog = EngineDialog(window.prefs, window)
         assert not dialog.url.isEnabled()  # "This computer" is chosen
         dialog.server.setChecked(True)
         assert dialog.url.isEnabled() and dialog.token.isEnabled()
@@ -36,7 +37,10 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
         loop.run_until_complete(dialog.test())
         assert dialog.result.text().startswith("Connected") and "tiny" in dialog.result.text()
         dialog._accept()
-        assert window.settings.value(KIND_KEY) == "server"
+        assert window.prefs.get("engine") == "server"
+        assert window.prefs.get("server_url") == server.url.removesuffix("/v1")
+        assert stat.S_IMODE(token_path(window.prefs).stat().st_mode) == 0o600
+        assert TOKEN not in window.prefs.path.read_text()  # the token is not a preference
 
         assert ui.apply()
         host = window.drag_ui.host
@@ -48,7 +52,7 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
         assert "● connected" in ui.indicator.text()
         host.shutdown()
 
-    dialog = EngineDialog(window.settings, window)
+    dialog = EngineDialog(window.prefs, window)
     assert dialog.server.isChecked() and dialog.token.text() == TOKEN
     dialog.local.setChecked(True)
     dialog._accept()
