@@ -210,8 +210,8 @@ class RemoteEngineHost:
 
         return await self._submit(work, listener)
 
-    async def _keep_lora(self, client: Any, trace: dict[str, Any]) -> None:
-        key = trace.get("lora", {}).get("key")
+    async def _keep_lora(self, client: Any, trace: Any) -> None:
+        key = trace.lora.key
         cache = self.lora_cache
         if cache is None or not isinstance(key, str) or cache.read_bytes(key) is not None:
             return

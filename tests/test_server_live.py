@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.events import STAGE_ORDER, Finished, Stage, StageStarted, StepProgress
+from backend.events import STAGE_ORDER, Stage, StageFinished, StageStarted, StepProgress
 from backend.lora_cache import LoraCache
 from backend.request import PointPair
 from backend.server import protocol
@@ -184,9 +184,9 @@ def test_the_gui_host_against_the_server_events_previews_cancel_in_each_stage_an
         drag_steps = [e for e in events if isinstance(e, StepProgress) and e.stage == Stage.DRAG]
         assert len(drag_steps) >= 1 and all(e.handles for e in drag_steps)
         assert all(e.preview is not None and e.preview.shape == (128, 128, 3) for e in drag_steps)
-        assert isinstance(events[-1], Finished)
-        assert np.array_equal(events[-1].image, first.value.image)
-        key = first.value.trace["lora"]["key"]
+        assert isinstance(events[-1], StageFinished) and events[-1].stage == Stage.DENOISE
+        assert first.value.image.shape == photo.shape
+        key = first.value.trace.lora.key
         assert cache.read_bytes(key) is not None  # kept here too, for saving projects
 
         for n, stage in enumerate(STAGE_ORDER):
@@ -201,7 +201,7 @@ def test_the_gui_host_against_the_server_events_previews_cancel_in_each_stage_an
 
             outcome = await host.run_edit(fresh, cancel_at)
             assert outcome.failure is not None and outcome.failure.cancelled, stage
-            assert not any(isinstance(e, Finished) for e in seen)
+            assert not any(isinstance(e, StageFinished) and e.stage == stage for e in seen)
             client = await host.connect()
             for _ in range(200):  # the server stops the job at its next step
                 if not await client.jobs():
@@ -210,8 +210,8 @@ def test_the_gui_host_against_the_server_events_previews_cancel_in_each_stage_an
             assert await client.jobs() == [], stage
 
         again = await host.run_edit(request)
-        assert again.ok and again.value.trace["lora"]["cached"] is True
-        assert again.value.trace["lora"]["key"] == key
+        assert again.ok and again.value.trace.lora.cached is True
+        assert again.value.trace.lora.key == key
 
     run(go())
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from backend import __version__
 from backend.errors import Cancelled, DragStudioError, InvalidRequest, ModelNotFound
-from backend.events import Event, Finished
+from backend.events import Event
 from backend.generation import Generation
 from backend.request import DragRequest
+from backend.result import EditResult
 from backend.server.codec import (
     decode_png,
     event_from_json,
@@ -271,7 +272,8 @@ class ServerClient:
         except Exception as exc:
             self._pending.pop(msg_id, None)
             raise ConnectionLost(LOST.format(why=_why(exc))) from None
-        return await future
+        reply: tuple[dict[str, Any], bytes | None] = await future
+        return reply
 
     async def upload(self, kind: str, data: bytes) -> str:
         """Upload ``data`` unless this connection did already; returns its sha256."""
@@ -310,15 +312,6 @@ def _why(exc: BaseException) -> str:
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@dataclass
-class RemoteResult:
-    """What :meth:`backend.engine.Engine.edit` returns, as far as a client can know it."""
-
-    image: np.ndarray
-    trace: dict[str, Any]
-    working_image: np.ndarray | None = None
-
-
 JobStarted = Callable[[RemoteJob], None]
 
 
@@ -340,7 +333,7 @@ async def remote_edit(
     retrain_lora: bool = False,
     lora_file: bytes | None = None,
     started: JobStarted | None = None,
-) -> RemoteResult:
+) -> EditResult:
     """Run ``request`` on the server: upload, submit, relay events, fetch the result by hash.
 
     Failures raise the local engine's error types (Cancelled, InvalidRequest, ModelNotFound) or
@@ -369,9 +362,7 @@ async def remote_edit(
         raise_for(exc)
         raise
     image = await asyncio.to_thread(decode_png, png, "the result", max_pixels=2**31)
-    if on_event is not None:
-        on_event(Finished(image, trace))
-    return RemoteResult(image, trace)
+    return EditResult(image, trace)
 
 
 async def remote_generate(
@@ -409,13 +400,6 @@ async def remote_generate(
 # -- a blocking engine for the command line ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RemoteLora:
-    key: str
-    params: Any
-    state: Any
-
-
 class RemoteEngine:
     """The parts of :class:`backend.engine.Engine` the CLI and the benchmark use, run remotely
     over one connection (kept on a private event loop thread)."""
@@ -426,7 +410,6 @@ class RemoteEngine:
         self._thread.start()
         self.client = ServerClient(url, token, cafile=cafile)
         self._lora_file: bytes | None = None
-        self._last_key: str | None = None
         try:
             self._run(self.client.connect())
         except BaseException:
@@ -442,12 +425,11 @@ class RemoteEngine:
 
     def edit(
         self, request: DragRequest, on_event: EventSink | None = None, cancel: Any = None
-    ) -> RemoteResult:
+    ) -> EditResult:
         if cancel is not None and cancel.cancelled:
             raise Cancelled()
         lora, self._lora_file = self._lora_file, None
-        result = self._run(remote_edit(self.client, request, on_event, lora_file=lora))
-        self._last_key = result.trace.get("lora", {}).get("key")
+        result: EditResult = self._run(remote_edit(self.client, request, on_event, lora_file=lora))
         return result
 
     def generate(
@@ -457,18 +439,19 @@ class RemoteEngine:
         on_event: EventSink | None = None,
         cancel: Any = None,
     ) -> tuple[np.ndarray, Generation]:
-        return self._run(remote_generate(self.client, generation, model, on_event))
+        out: tuple[np.ndarray, Generation] = self._run(
+            remote_generate(self.client, generation, model, on_event)
+        )
+        return out
 
-    @property
-    def current_lora(self) -> RemoteLora | None:
-        """The last edit's LoRA, fetched from the server's cache (for saving projects)."""
-        if self._last_key is None:
+    def export_lora(self, key: str) -> bytes | None:
+        """The server's file of the LoRA ``key`` (one this connection's edits used), for a
+        project to bundle; None when the server no longer has it."""
+        try:
+            data: bytes = self._run(self.client.fetch("lora", key))
+        except (RemoteError, ConnectionLost):
             return None
-        from backend.lora import lora_from_bytes
-
-        data = self._run(self.client.fetch("lora", self._last_key))
-        state, params, key = lora_from_bytes(data)
-        return RemoteLora(key, params, state) if key == self._last_key else None
+        return data
 
     def release_memory(self) -> None:
         """Nothing to do here: the server manages its own memory."""

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,9 @@ from backend.server.protocol import (
     require_sha,
     require_str,
 )
+
+if TYPE_CHECKING:
+    from backend.result import Trace
 
 BlobLookup = Callable[[str, str], Any]
 """``lookup(kind, sha256)``: the decoded upload (array), or raises ProtocolError."""
@@ -211,8 +214,8 @@ def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
 
 
 def event_to_json(event: Event) -> tuple[dict[str, Any], bytes | None]:
-    """A progress event and its preview PNG (if any). Finished and Failed travel as the job's
-    ``done`` and ``failed`` messages instead."""
+    """A progress event and its preview PNG (if any). A job's end travels as its ``done`` or
+    ``failed`` message."""
     if isinstance(event, StageStarted):
         return {"kind": "stage_started", "stage": event.stage.value, "total": event.total,
                 "detail": event.detail}, None  # fmt: skip
@@ -315,8 +318,80 @@ def plain(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
-def trace_from_json(value: Any) -> dict[str, Any]:
+def trace_from_json(value: Any) -> Trace:
+    """The engine's typed :class:`~backend.result.Trace`, rebuilt field by field."""
+    from backend.result import Iteration, LoraOutcome, Trace
+
     obj = require_obj(value, "trace")
-    if len(json.dumps(obj)) > 4 * 2**20:
+    if len(json.dumps(obj)) > 16 * 2**20:
         raise fail("trace", "too large")
-    return obj
+    names = {f.name for f in fields(Trace)}
+    require_keys(obj, "trace", names - {"memory"}, {"memory"})
+
+    def points(v: Any, where: str) -> tuple[tuple[float, float], ...]:
+        out = []
+        for item in require_list(v, where, 10_000):
+            xy = require_list(item, where, 2)
+            if len(xy) != 2:
+                raise fail(where, "expected [x, y]")
+            out.append((require_float(xy[0], where), require_float(xy[1], where)))
+        return tuple(out)
+
+    def pair(v: Any, where: str) -> tuple[int, int]:
+        items = require_list(v, where, 2)
+        if len(items) != 2:
+            raise fail(where, "expected two numbers")
+        return require_int(items[0], where, 0, 2**31), require_int(items[1], where, 0, 2**31)
+
+    def seconds(v: Any, where: str) -> dict[str, float]:
+        return {require_str(k, where, 40): require_float(x, where)
+                for k, x in require_obj(v, where).items()}  # fmt: skip
+
+    lora = require_obj(obj["lora"], "trace.lora")
+    require_keys(lora, "trace.lora", {"steps", "cached", "source"}, {"key"})
+    source = require_str(lora["source"], "trace.lora.source", 20)
+    if source not in ("none", "memory", "disk", "trained", "generated"):
+        raise fail("trace.lora.source", f"unknown source {source!r}")
+    iterations = []
+    for item in require_list(obj["iterations"], "trace.iterations", 100_000):
+        it = require_obj(item, "trace.iterations[]")
+        require_keys(it, "trace.iterations[]", {"step", "handles", "loss"}, set())
+        loss = it["loss"]
+        iterations.append(Iteration(
+            require_int(it["step"], "iteration.step", 0, 10**7),
+            points(it["handles"], "iteration.handles"),
+            float("nan") if loss is None else require_float(loss, "iteration.loss"),
+        ))  # fmt: skip
+    return Trace(
+        stages=seconds(obj["stages"], "trace.stages"),
+        lora=LoraOutcome(
+            require_int(lora["steps"], "trace.lora.steps", 0, 10**7),
+            require_bool(lora["cached"], "trace.lora.cached"),
+            source,  # type: ignore[arg-type]
+            None if lora.get("key") is None else require_sha(lora["key"], "trace.lora.key"),
+        ),
+        iterations=tuple(iterations),
+        drag_iterations=require_int(obj["drag_iterations"], "trace.drag_iterations", 0, 10**7),
+        reached=require_bool(obj["reached"], "trace.reached"),
+        final_handles=points(obj["final_handles"], "trace.final_handles"),
+        handles=points(obj["handles"], "trace.handles"),
+        targets=points(obj["targets"], "trace.targets"),
+        final_distances=tuple(
+            require_float(d, "trace.final_distances")
+            for d in require_list(obj["final_distances"], "trace.final_distances", 10_000)
+        ),
+        image_size=pair(obj["image_size"], "trace.image_size"),
+        working_size=pair(obj["working_size"], "trace.working_size"),
+        feature_size=pair(obj["feature_size"], "trace.feature_size"),
+        optimized_timestep=require_int(obj["optimized_timestep"], "trace.timestep", 0, 10**6),
+        device=require_str(obj["device"], "trace.device", 100),
+        dtype=require_str(obj["dtype"], "trace.dtype", 100),
+        model=require_str(obj["model"], "trace.model", 1000),
+        prompt=require_str(obj["prompt"], "trace.prompt", 2000),
+        generated=require_bool(obj["generated"], "trace.generated"),
+        guidance_scale=require_float(obj["guidance_scale"], "trace.guidance_scale"),
+        ddim_steps=require_int(obj["ddim_steps"], "trace.ddim_steps", 0, 10**6),
+        params=_strict_params(DragParams, obj["params"], "trace.params"),
+        lora_params=_strict_params(LoraParams, obj["lora_params"], "trace.lora_params"),
+        memory=seconds(obj.get("memory", {}), "trace.memory"),
+    )

@@ -50,7 +50,9 @@ class LoadReport:
 
     @property
     def start_order(self) -> list[int]:
-        started = sorted((j for j in self.jobs if j.started is not None), key=lambda j: j.started)
+        started = sorted(
+            (j for j in self.jobs if j.started is not None), key=lambda j: j.started or 0.0
+        )
         return [j.client for j in started]
 
     @property

@@ -17,7 +17,7 @@ from typing import Any
 
 from backend.cancel import CancelToken
 from backend.errors import Cancelled, DragStudioError, InvalidRequest, ModelNotFound
-from backend.events import Event, Failed, Finished
+from backend.events import Event
 from backend.generation import Generation
 from backend.request import DragRequest
 from backend.server.queue import FairQueue
@@ -137,8 +137,7 @@ class EngineWorker:
 
     def _emit(self, job: Job) -> Callable[[Event], None]:
         def emit(event: Event) -> None:
-            # Finished and Failed travel as the job's own done/failed messages.
-            if not job.token.cancelled and not isinstance(event, (Finished, Failed)):
+            if not job.token.cancelled:
                 job.on_event(job, event)
 
         return emit
@@ -158,7 +157,7 @@ class EngineWorker:
             elif engine.lora_cache.read_bytes(key) is None:
                 self._adopt_lora(engine, key, request, job.lora_file)
         result = engine.edit(request, self._emit(job), job.token)
-        trace = dict(result.trace)
+        trace = result.trace.to_dict()
         trace["model"] = job.model  # the name the client knows, not this server's path
         return {"image": png_bytes(result.image), "trace": trace}
 
