@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from backend.errors import InvalidRequest
-from backend.events import STAGE_ORDER, Stage, StageFinished, StageStarted, StepProgress
+from backend.events import Stage, StageFinished, StageStarted, StepProgress
 from backend.lora_cache import LoraCache
 from backend.request import PointPair
 from backend.server import protocol
@@ -30,6 +30,8 @@ from dragstudio.remote import RemoteEngineHost
 from tests.server_helpers import TOKEN, ThreadServer, tiny_request
 
 pytest.importorskip("websockets")
+
+STAGE_ORDER = (Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE)
 
 
 @pytest.fixture(scope="module")

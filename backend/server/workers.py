@@ -165,12 +165,12 @@ class EngineWorker:
     def _adopt_lora(engine: Any, key: str, request: DragRequest, data: bytes | None) -> None:
         """File a project's LoRA under this server's key when it was trained for this request
         (same image, prompt and parameters; the key differs only by the model's location)."""
-        from backend.lora import lora_from_bytes
+        from backend.lora import cache_lora, lora_from_bytes
 
         assert data is not None
         state, params, _ = lora_from_bytes(data)
         if params == request.lora:
-            engine.lora_cache.put(key, state, params)
+            cache_lora(engine.lora_cache, key, state, params)
 
     def _generate(self, job: Job) -> dict[str, Any]:
         from backend.project import latents_bytes
