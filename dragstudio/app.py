@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
 from backend import __version__
+
+QUIT_WAIT_S = 1.5
+"""How long quitting waits for the engine thread after cancelling before the process exits."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -77,5 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         QTimer.singleShot(0, lambda: window.open_path(path))
     with loop:
         loop.run_until_complete(closed.wait())
-        window.drag_ui.host.wait_closed()  # before the loop closes: see EngineHost.wait_closed
+        # Before the loop closes (see EngineHost.wait_closed); a cancelled job stops at its next
+        # step, but a model load cannot stop mid-way: past a few seconds, end the process (the
+        # settings and the project are written by now) instead of lingering without a window.
+        if not window.drag_ui.host.wait_closed(QUIT_WAIT_S):
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     return 0

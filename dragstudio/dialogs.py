@@ -1,7 +1,10 @@
 """Dialogs for running edits: a readable failure, a missing model, a model download.
 
 Failures say what happened and what to try, with the traceback behind "Show Details…", so a
-user can act and a developer can debug from the same box.
+user can act and a developer can debug from the same box. Dialogs asked from inside a coroutine
+are awaited (:func:`run_dialog`), never ``exec()``-ed: a nested event loop inside a running
+asyncio task is what made qasync print "Cannot enter into task … while another task is being
+executed".
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from enum import StrEnum
 
 from PySide6.QtWidgets import (
     QDialog,
+    QFileDialog,
     QLabel,
     QMessageBox,
     QProgressBar,
@@ -23,6 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from dragstudio.download import download_model
+from dragstudio.drag_readiness import looks_like_hub_id
 from dragstudio.project_dialogs import human_size
 from dragstudio.runner import Failure
 
@@ -49,11 +54,46 @@ class ModelChoice(StrEnum):
     CANCEL = "cancel"
 
 
-def looks_like_hub_id(spec: str) -> bool:
-    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and " " not in spec
+async def run_dialog(dialog: QDialog) -> int:
+    """Show ``dialog`` window-modal and wait for it without a nested event loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+
+    def finished(result: int) -> None:
+        if not done.done():
+            done.set_result(result)
+
+    dialog.finished.connect(finished)
+    dialog.open()
+    try:
+        return await done
+    finally:
+        dialog.finished.disconnect(finished)
+        dialog.hide()
 
 
-def ask_missing_model(parent: QWidget | None, spec: str, failure: Failure) -> ModelChoice:
+async def choose_existing_path(
+    parent: QWidget | None, title: str, *, folder: bool, name_filter: str = ""
+) -> str:
+    """A file dialog for an existing folder or file, awaited; "" when cancelled."""
+    dialog = QFileDialog(parent, title)
+    dialog.setFileMode(
+        QFileDialog.FileMode.Directory if folder else QFileDialog.FileMode.ExistingFile
+    )
+    if folder:
+        dialog.setOption(QFileDialog.Option.ShowDirsOnly, True)
+    if name_filter:
+        dialog.setNameFilter(name_filter)
+    try:
+        if await run_dialog(dialog) != QDialog.DialogCode.Accepted:
+            return ""
+        files = dialog.selectedFiles()
+        return files[0] if files else ""
+    finally:
+        dialog.deleteLater()
+
+
+async def ask_missing_model(parent: QWidget | None, spec: str, failure: Failure) -> ModelChoice:
     box = QMessageBox(parent)
     box.setIcon(QMessageBox.Icon.Question)
     box.setWindowTitle("Model not found")
@@ -70,8 +110,11 @@ def ask_missing_model(parent: QWidget | None, spec: str, failure: Failure) -> Mo
     buttons[box.addButton("Choose Folder…", QMessageBox.ButtonRole.ActionRole)] = ModelChoice.FOLDER
     buttons[box.addButton("Choose File…", QMessageBox.ButtonRole.ActionRole)] = ModelChoice.FILE
     box.addButton(QMessageBox.StandardButton.Cancel)
-    box.exec()
-    return buttons.get(box.clickedButton(), ModelChoice.CANCEL)
+    try:
+        await run_dialog(box)
+        return buttons.get(box.clickedButton(), ModelChoice.CANCEL)
+    finally:
+        box.deleteLater()
 
 
 class DownloadDialog(QDialog):

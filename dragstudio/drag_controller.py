@@ -41,6 +41,18 @@ class PendingResult:
     def lora_reused(self) -> bool:
         return self.trace.lora.cached
 
+    @property
+    def lora_summary(self) -> str:
+        """What the LoRA stage did, in the words the result bar shows."""
+        lora = self.trace.lora
+        if lora.source == "generated":
+            return "no LoRA needed: generated image"
+        if lora.source == "none" or not lora.steps:
+            return "LoRA skipped: 0 steps"
+        if lora.cached:
+            return "LoRA reused"
+        return "LoRA trained"
+
     def history_entry(self, pairs: tuple[Pair, ...]) -> HistoryEntry:
         return history_entry(
             self.request, self.before, self.image, self.trace, seconds=self.seconds, pairs=pairs
@@ -59,6 +71,8 @@ class DragController(QObject):
     failed = Signal(object)
     """A :class:`Failure` worth a dialog (not a cancel)."""
     cancelled = Signal()
+    modelUnavailable = Signal(str)
+    """The model was missing and no other one was found or chosen: nothing ran."""
 
     def __init__(
         self,
@@ -76,6 +90,9 @@ class DragController(QObject):
         """Drags on accepted results reuse the photo's LoRA (a setting)."""
         self.retrain_next = False
         self.resolve_missing_model: ModelResolver | None = None
+        self.model_on_disk: Callable[[str], bool] = lambda _spec: True
+        """Checked before loading: a model known to be missing goes straight to the resolver,
+        without the engine first waiting on an unreachable hub."""
         self.pending: PendingResult | None = None
         self.events: list[object] = []
         """Every event of the latest job, in arrival order (for tests and the self-test)."""
@@ -159,6 +176,17 @@ class DragController(QObject):
         while True:
             if self.host.loaded_model == spec:
                 return spec
+            if not self.model_on_disk(spec) and self.resolve_missing_model is not None:
+                missing = Failure(
+                    f"The model {spec} is not in the local Hugging Face cache.", model_missing=True
+                )
+                other = await self.resolve_missing_model(spec, missing)
+                if other is None:
+                    self.modelUnavailable.emit(spec)
+                    return None
+                if other != spec:
+                    spec = other
+                    continue  # check the newly chosen one the same way
             self.modelLoading.emit(spec)
             start = time.perf_counter()
             outcome = await self.host.load_model(spec)
@@ -168,7 +196,7 @@ class DragController(QObject):
             if outcome.failure.model_missing and self.resolve_missing_model is not None:
                 other = await self.resolve_missing_model(spec, outcome.failure)
                 if other is None:
-                    self.cancelled.emit()
+                    self.modelUnavailable.emit(spec)
                     return None
                 spec = other
                 continue

@@ -8,17 +8,23 @@ these after its own menus and docks and hands over the seams (progress slot, can
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QFileDialog, QMenu
+from PySide6.QtWidgets import QMenu
 
 from backend.document import Change, Notice
 from backend.events import Stage, StageStarted, StepProgress
 from dragstudio.commands import AcceptResult
-from dragstudio.dialogs import ModelChoice, download_with_dialog, failure_box
+from dragstudio.dialogs import (
+    ModelChoice,
+    choose_existing_path,
+    download_with_dialog,
+    failure_box,
+)
 from dragstudio.drag_controller import DragController, PendingResult
+from dragstudio.drag_readiness import drag_blocker, hub_model_cached, looks_like_hub_id
 from dragstudio.panels.progress import ProgressPanel
 from dragstudio.panels.results import ResultBar, ResultsHistory
 from dragstudio.runner import EngineHost, Failure
@@ -40,7 +46,11 @@ class DragUI:
         self.host = host
         self.runner = DragController(window.document, host, window, preview_every=PREVIEW_EVERY)
         self.runner.resolve_missing_model = self._resolve_missing_model
+        self.runner.model_on_disk = model_on_disk
         self.task: asyncio.Future[object] | None = None
+        self._step_message = ""
+        """The status-bar text of the running optimisation, cleared when the job ends."""
+        self._missing_note = ""
 
         self.progress = ProgressPanel()
         self.result_bar = ResultBar()
@@ -116,6 +126,10 @@ class DragUI:
         r.resultChanged.connect(self._result_changed)
         r.failed.connect(self._failed)
         r.cancelled.connect(self._cancelled)
+        r.modelUnavailable.connect(self._model_unavailable)
+        # Every job's end (drag, generation, cancel) recomputes whether Drag can run.
+        self._unsubscribe_host = self.host.on_busy_changed(self._host_busy_changed)
+        self.window.model_picker.modelChosen.connect(lambda _m: self._update_enabled())
         bar = self.result_bar
         bar.accept_button.clicked.connect(self.accept)
         bar.discard_button.clicked.connect(self.discard)
@@ -137,6 +151,7 @@ class DragUI:
         if self.runner.busy:
             return None
         loop = asyncio.get_event_loop_policy().get_event_loop()
+        self.window.ensure_run_panel_visible()
         self.task = loop.create_task(self.runner.drag())
         return self.task
 
@@ -163,8 +178,37 @@ class DragUI:
         self.runner.keep_photo_lora = keep
         self.window.prefs.update(keep_photo_lora=keep)
 
+    @property
+    def host(self) -> Any:
+        """The engine host (local or remote); swapping it moves the job-end subscription."""
+        return self._host
+
+    @host.setter
+    def host(self, host: Any) -> None:
+        unsubscribe = getattr(self, "_unsubscribe_host", None)
+        if unsubscribe is not None:
+            unsubscribe()
+        self._host = host
+        if hasattr(self, "runner"):  # after construction: follow the new host at once
+            self._unsubscribe_host = host.on_busy_changed(self._host_busy_changed)
+            self._update_enabled()
+
+    def _host_busy_changed(self, _busy: bool) -> None:
+        self._update_enabled()
+
+    def new_document(self, *, keep_progress: bool = False) -> None:
+        """Another photo or project is open: nothing of the last one's job stays on screen."""
+        if not keep_progress:
+            self.progress.clear()
+        self.window.canvas.set_live_handles(None)
+        if self._step_message and self.window.statusBar().currentMessage() == self._step_message:
+            self.window.statusBar().clearMessage()
+        self._step_message = ""
+        self._update_enabled()
+
     def shutdown(self) -> None:
         self._unsubscribe()
+        self._unsubscribe_host()
         self.host.shutdown()
 
     # -- reactions ---------------------------------------------------------------------------
@@ -173,6 +217,11 @@ class DragUI:
         self.progress.set_running(busy)
         if busy:
             self.window.canvas.set_live_handles(None)
+            self.window.ensure_run_panel_visible()
+        elif self._step_message:
+            if self.window.statusBar().currentMessage() == self._step_message:
+                self.window.statusBar().clearMessage()
+            self._step_message = ""
         self._update_enabled()
 
     def _stage_started(self, event: StageStarted) -> None:
@@ -185,9 +234,10 @@ class DragUI:
         if event.handles is not None:
             self.window.canvas.set_live_handles(event.handles)
             if event.loss is not None:
-                self.window.statusBar().showMessage(
+                self._step_message = (
                     f"Optimisation step {event.step}/{event.total} · loss {event.loss:.4g}"
                 )
+                self.window.statusBar().showMessage(self._step_message)
 
     def _result_changed(self, pending: PendingResult | None) -> None:
         canvas = self.window.canvas
@@ -198,12 +248,9 @@ class DragUI:
         else:
             canvas.set_result(pending.image)
             self.result_bar.show_result(
-                pending.seconds, pending.lora_reused, list(pending.trace.final_distances)
+                pending.seconds, pending.lora_summary, list(pending.trace.final_distances)
             )
-            self.progress.status.setText(
-                "Done. Compare, then Accept or Discard."
-                + (" The LoRA was reused." if pending.lora_reused else "")
-            )
+            self.progress.status.setText("Done. Compare, then Accept or Discard.")
         self._update_enabled()
 
     def _failed(self, failure: Failure) -> None:
@@ -217,6 +264,12 @@ class DragUI:
         note = " (the engine stops at its next step)" if self.host.engine_busy else ""
         self.progress.status.setText(f"Cancelled; nothing changed{note}.")
 
+    def _model_unavailable(self, spec: str) -> None:
+        self.window.canvas.set_live_handles(None)
+        self.progress.reset()
+        why = self._missing_note or "no other model was chosen"
+        self.progress.status.setText(f"Did not drag: {spec} is not on this computer and {why}.")
+
     def _on_document(self, notice: Notice) -> None:
         if notice.change == Change.IMAGE:
             pending = self.runner.pending
@@ -226,13 +279,25 @@ class DragUI:
                 self.runner.cancel()
         self._update_enabled()
 
+    def blocker(self) -> str:
+        """Why Drag cannot run now ("" when it can, or when it runs and so can be cancelled)."""
+        other = ""
+        if not self.runner.busy and self.host.busy:
+            generating = getattr(self.window, "generate_ui", None)
+            other = "generation" if generating is not None and generating.running else "job"
+        return drag_blocker(self.window.document, drag_running=self.runner.busy, other_job=other)
+
     def _update_enabled(self) -> None:
         busy, actions = self.runner.busy, self.window.actions
         has_result = self.runner.pending is not None and not busy
-        ready = self.window.document.has_image and bool(self.window.document.complete_pairs)
-        ready = ready and not self.host.busy  # e.g. generating: a drag would cancel it
-        actions["drag"].setEnabled(busy or ready)
-        self.progress.drag_button.setEnabled(busy or ready)
+        reason = self.blocker()
+        actions["drag"].setEnabled(not reason)
+        self.progress.drag_button.setEnabled(not reason)
+        self.progress.set_reason(reason)
+        if not reason:
+            self.progress.drag_button.setToolTip(
+                "Stop the edit (Esc)" if busy else "Run the edit (Ctrl+Enter)"
+            )
         actions["cancel"].setEnabled(busy)
         for name in ("accept", "discard", "show_before"):
             actions[name].setEnabled(has_result)
@@ -241,7 +306,9 @@ class DragUI:
     # -- missing model -----------------------------------------------------------------------
 
     async def _resolve_missing_model(self, spec: str, failure: Failure) -> str | None:
-        choice = self.window.ask_missing_model(spec, failure)
+        self._missing_note = ""
+        self.progress.status.setText(f"The model {spec} is not on this computer.")
+        choice = await self.window.ask_missing_model(spec, failure)
         picker = self.window.model_picker
         if choice == ModelChoice.DOWNLOAD:
             self.progress.status.setText(f"Downloading {spec}…")
@@ -251,6 +318,9 @@ class DragUI:
                 from dragstudio.runner import describe_failure
 
                 found = describe_failure(exc)
+                self._missing_note = (
+                    "its download was cancelled" if found.cancelled else "its download failed"
+                )
                 if not found.cancelled:
                     self.window.show_failure(
                         Failure(
@@ -262,24 +332,29 @@ class DragUI:
                     )
                 return None
             return spec
-        if choice == ModelChoice.FOLDER:
-            folder = QFileDialog.getExistingDirectory(
-                self.window, "Choose a diffusers model folder"
-            )
-            if folder:
-                picker.choose(folder)
-                return folder
-        if choice == ModelChoice.FILE:
-            path, _ = QFileDialog.getOpenFileName(
-                self.window, "Choose a checkpoint", "", CHECKPOINT_FILTER
+        if choice in (ModelChoice.FOLDER, ModelChoice.FILE):
+            folder = choice == ModelChoice.FOLDER
+            path = await choose_existing_path(
+                self.window,
+                "Choose a diffusers model folder" if folder else "Choose a checkpoint",
+                folder=folder,
+                name_filter="" if folder else CHECKPOINT_FILTER,
             )
             if path:
                 picker.choose(path)
                 return path
+            self._missing_note = "no folder was chosen" if folder else "no checkpoint was chosen"
         return None
 
 
+def model_on_disk(spec: str) -> bool:
+    """A hub id must already be in the local Hugging Face cache; local paths the engine checks."""
+    return not looks_like_hub_id(spec) or hub_model_cached(spec)
+
+
 def show_failure_dialog(window: MainWindow, failure: Failure) -> None:
+    """Shown without blocking: this is often called from inside a running coroutine."""
     box = failure_box(window, failure)
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-    box.exec()
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+    box.open()

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QFrame, QScrollArea
 
-from backend.events import GENERATE_STAGES, Stage, StageFinished, StageStarted, StepProgress
-from dragstudio.panels.generate import GeneratePanel
+from backend.events import GENERATE_STAGES, StageFinished, StageStarted, StepProgress
+from dragstudio.panels.generate import IDLE_NOTE, GeneratePanel
 from dragstudio.panels.progress import format_seconds
 from dragstudio.runner import Outcome
 
@@ -88,9 +88,7 @@ class GenerateUI:
         progress.reset()
         progress.show_stages(GENERATE_STAGES)
         progress.status.setText(f"Generating {spec.width}×{spec.height}…")
-        scroll = w.findChild(QScrollArea, "editScroll")
-        if scroll is not None:
-            scroll.ensureWidgetVisible(progress.rows[Stage.GENERATE].bar)
+        w.ensure_run_panel_visible()
         panel.status.setText("Generating… (progress in the Edit panel)")
         try:
             outcome = await self.host.run_generate(spec, model, self._on_event)
@@ -114,7 +112,7 @@ class GenerateUI:
         self._open(image, generation, model)
         took = format_seconds(outcome.seconds)
         panel.status.setText(f"Generated {generation.width}×{generation.height} in {took}.")
-        progress.status.setText("Place handle and target points, then press Drag.")
+        progress.status.setText(f"Generated in {took}.")
         return outcome
 
     def _open(self, image: Any, generation: Any, model: str) -> None:
@@ -127,6 +125,7 @@ class GenerateUI:
         w.undo_stack.clear()
         w.project_ui.reset()
         w.undo_stack.resetClean()  # it exists nowhere else yet: closing asks to save it
+        w.document_opened(keep_progress=True)
         w._update_title()
         w.canvas.setFocus()
         w.statusBar().showMessage(
@@ -146,6 +145,11 @@ class GenerateUI:
             self.progress.step_progress(event)
         elif isinstance(event, StageFinished):
             self.progress.stage_finished(event)
+
+    def new_document(self) -> None:
+        """Another document is open: the last generation's note no longer applies."""
+        if not self.running:
+            self.panel.status.setText(IDLE_NOTE)
 
     def shutdown(self) -> None:
         if self.running:

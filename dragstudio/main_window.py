@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSettings, Qt
+from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer
 from PySide6.QtGui import (
     QAction,
     QActionGroup,
@@ -20,6 +20,7 @@ from PySide6.QtGui import (
     QDropEvent,
     QGuiApplication,
     QKeySequence,
+    QShowEvent,
     QUndoStack,
 )
 from PySide6.QtWidgets import (
@@ -30,9 +31,9 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QToolBar,
-    QUndoView,
     QVBoxLayout,
     QWidget,
 )
@@ -48,6 +49,8 @@ from dragstudio.dialogs import ModelChoice, ask_missing_model
 from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.engine_ui import EngineUI, make_host
 from dragstudio.generate_ui import GenerateUI
+from dragstudio.help_ui import HelpUI, docs_path
+from dragstudio.panels.history import HistoryView
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
 from dragstudio.prefs import open_prefs
@@ -62,6 +65,13 @@ OPEN_FILTER = (
     f"Projects and images (*.dragstudio {IMAGE_TYPES});;{PROJECT_FILTER};;Images ({IMAGE_TYPES})"
     ";;All files (*)"
 )
+EDIT_SCROLL_MIN = 72
+"""The settings above the Drag button keep at least this much room (a row or two)."""
+EDIT_SCROLL_WANTED = 200
+"""...and get up to this much (prompt, Advanced, model) when the Edit dock is fitted."""
+DEFAULT_SIZE = (1400, 900)
+SCREEN_SHARE = 0.92
+"""The first window takes at most this share of the available screen in each direction."""
 BRUSH_STEP = 1.25
 """[ and ] scale the brush by this factor, so a few presses go from fine to broad."""
 
@@ -79,6 +89,7 @@ class MainWindow(QMainWindow):
         self.undo_stack = QUndoStack(self)
         self.actions: dict[str, QAction] = {}
 
+        self._shown_once = False
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -96,6 +107,7 @@ class MainWindow(QMainWindow):
         self.project_ui = ProjectUI(self, self.lora_cache)
         self.generate_ui = GenerateUI(self)
         self.engine_ui = EngineUI(self)
+        self.help_ui = HelpUI(self)
 
         # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
         self.undo_stack.cleanChanged.connect(self._clean_changed)
@@ -227,7 +239,7 @@ class MainWindow(QMainWindow):
         )
         overlay = a(
             "toggle_overlay",
-            "Show Mask &Overlay",
+            "Show Mask O&verlay",
             None,
             shortcuts=["M"],
             icon_name="overlay",
@@ -239,15 +251,15 @@ class MainWindow(QMainWindow):
 
         group = QActionGroup(self)
         group.setExclusive(True)
-        for tool, key, tip in (
-            (Tool.POINT, "P", "Points: click a handle, then its target; drag to move"),
-            (Tool.BRUSH, "B", "Mask brush: paint the region that may change"),
-            (Tool.ERASER, "E", "Mask eraser: protect a region from change"),
-            (Tool.PAN, "H", "Pan: drag the view (or hold Space, or use the middle button)"),
+        for tool, text, key, tip in (
+            (Tool.POINT, "&Points", "P", "Points: click a handle, then its target; drag to move"),
+            (Tool.BRUSH, "Mask &Brush", "B", "Mask brush: paint the region that may change"),
+            (Tool.ERASER, "Mask &Eraser", "E", "Mask eraser: protect a region from change"),
+            (Tool.PAN, "P&an", "H", "Pan: drag the view (or hold Space, or use the middle button)"),
         ):
             act = a(
                 f"tool_{tool.value}",
-                tool.title,
+                text,
                 lambda t=tool: self.canvas.set_tool(t),
                 shortcuts=[key],
                 icon_name=f"tool-{tool.value}",
@@ -294,6 +306,8 @@ class MainWindow(QMainWindow):
                 self.view_menu = menu
             if title == "&File":
                 self.file_menu = menu
+            if title == "&Help":
+                self.help_menu = menu
 
     def _build_toolbars(self) -> None:
         main = QToolBar("Main", self)
@@ -332,29 +346,51 @@ class MainWindow(QMainWindow):
         """Where the Drag button, the progress panel and the result bar go (see drag_ui)."""
         self.progress_slot.setContentsMargins(0, 0, 0, 0)
 
-        edit = QWidget()
+        self.edit_panel = edit = QWidget()
         edit.setObjectName("editPanel")
         layout = QVBoxLayout(edit)
-        layout.setContentsMargins(10, 8, 10, 8)
+        layout.setContentsMargins(10, 8, 10, 4)
         layout.addWidget(self.parameters)
         layout.addSpacing(6)
         layout.addWidget(QLabel("Model"))
         layout.addWidget(self.model_picker)
-        layout.addSpacing(6)
-        layout.addLayout(self.progress_slot)
         layout.addStretch(1)
-        # Scrolls rather than forcing a tall window once progress and results are shown.
+        # The settings scroll; the Drag button, progress and preview below them never do, so
+        # opening Advanced cannot push them out of view.
         scroll = QScrollArea()
         scroll.setObjectName("editScroll")
         scroll.setWidget(edit)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.edit_dock = self._dock("Edit", "editDock", scroll)
+        scroll.setMinimumHeight(EDIT_SCROLL_MIN)
+        # Ignored: its (tall) size hint must not count, or the outer scroll below would scroll
+        # the Drag part away to make room for settings that scroll anyway.
+        scroll.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
+        run = QWidget()
+        run.setObjectName("runPanel")
+        self.run_panel = run
+        run_layout = QVBoxLayout(run)
+        run_layout.setContentsMargins(10, 6, 10, 8)
+        run_layout.addLayout(self.progress_slot)
+        container = QWidget()
+        container.setObjectName("editDockContents")
+        outer = QVBoxLayout(container)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(run, 0)
+        # Only a window too small for the panel (a tiny or 2x-scaled screen) scrolls all of it;
+        # otherwise the settings above absorb the squeeze and the Drag part stays whole.
+        self.edit_dock_scroll = QScrollArea()
+        self.edit_dock_scroll.setObjectName("editDockScroll")
+        self.edit_dock_scroll.setWidget(container)
+        self.edit_dock_scroll.setWidgetResizable(True)
+        self.edit_dock_scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.edit_dock_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.edit_dock = self._dock("Edit", "editDock", self.edit_dock_scroll)
 
-        self.history_view = QUndoView(self.undo_stack)
-        self.history_view.setEmptyLabel("Opened image")
-        self.history_view.setObjectName("history")
+        self.history_view = HistoryView(self.undo_stack)
         self.history_dock = self._dock("History", "historyDock", self.history_view)
         self.splitDockWidget(self.edit_dock, self.history_dock, Qt.Orientation.Vertical)
 
@@ -404,13 +440,27 @@ class MainWindow(QMainWindow):
         QGuiApplication.restoreOverrideCursor()
         if not self.undo_stack.isClean() and not self.confirm_discard():
             return False
+        self.drag_ui.runner.discard()
         self.document.set_image(image, path)
+        self.document.set_prompt("")  # the prompt describes a photo; this is another one
         self.undo_stack.clear()
         self.project_ui.reset()
+        self.project_ui.remember_recent(Path(path))
+        self.document_opened()
         self.prefs.update(last_dir=str(Path(path).resolve().parent))
         self.statusBar().showMessage(f"Opened {Path(path).name}", 4000)
         self.canvas.setFocus()
         return True
+
+    def document_opened(self, *, keep_progress: bool = False) -> None:
+        """A new document (photo, project or generated image): no state of the last one stays.
+
+        ``keep_progress`` keeps the progress rows of the job that made this document (a
+        generation), which describe it rather than the last one."""
+        self.statusBar().clearMessage()
+        self.drag_ui.new_document(keep_progress=keep_progress)
+        self.generate_ui.new_document()
+        self._update_enabled()
 
     def show_error(self, title: str, message: str) -> None:
         QMessageBox.warning(self, title, message)
@@ -419,17 +469,23 @@ class MainWindow(QMainWindow):
         """A failed edit: message, suggestion, and the details behind "Show Details…"."""
         show_failure_dialog(self, failure)
 
-    def ask_missing_model(self, spec: str, failure: Failure) -> ModelChoice:
-        return ask_missing_model(self, spec, failure)
+    async def ask_missing_model(self, spec: str, failure: Failure) -> ModelChoice:
+        return await ask_missing_model(self, spec, failure)
 
     def confirm_discard(self) -> bool:
+        """Unsaved work before something replaces it: save it, drop it, or stay (False)."""
         answer = QMessageBox.question(
             self,
-            "Discard changes?",
-            "The points, mask and settings you changed will be lost.",
-            QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Cancel,
-            QMessageBox.StandardButton.Cancel,
+            "Save changes?",
+            "The points, mask, settings and accepted results of this image are not saved in "
+            "a project. Save them first?",
+            QMessageBox.StandardButton.Save
+            | QMessageBox.StandardButton.Discard
+            | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Save,
         )
+        if answer == QMessageBox.StandardButton.Save:
+            return self.project_ui.save()
         return answer == QMessageBox.StandardButton.Discard
 
     def ask_save_changes(self) -> str:
@@ -535,7 +591,9 @@ class MainWindow(QMainWindow):
             self,
             f"About {APP_NAME}",
             f"<b>{APP_NAME} {__version__}</b><p>Point-based photo editing after "
-            "DragDiffusion (Shi et al., CVPR 2024).</p>",
+            "DragDiffusion (Shi et al., CVPR 2024).</p>"
+            f"<p>User guide: {docs_path()}<br>Keyboard shortcuts: Help ▸ Keyboard Shortcuts "
+            "(F1).</p><p>Licensed under the Apache License 2.0.</p>",
         )
 
     # -- window ------------------------------------------------------------------------------
@@ -543,17 +601,127 @@ class MainWindow(QMainWindow):
     def _restore_geometry(self) -> None:
         geometry = self.settings.value("window/geometry")
         state = self.settings.value("window/state")
-        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+        restored = isinstance(geometry, QByteArray) and not geometry.isEmpty()
+        if restored:
             self.restoreGeometry(geometry)
-        else:
-            self.resize(1400, 900)
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
+        self.fit_to_screen(default=not restored)
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._shown_once:
+            self._shown_once = True
+            # After the first layout, which gives History as much height as Edit.
+            QTimer.singleShot(0, self.fit_edit_dock)
+
+    def fit_to_screen(self, *, default: bool = False, area: QRect | None = None) -> None:
+        """Keep the window inside the available screen area (a saved size from a larger
+        screen, or the default on a small or scaled one, would hang off its edges)."""
+        if area is None:
+            screen = self.screen() or QGuiApplication.primaryScreen()
+            if screen is None:
+                return
+            area = screen.availableGeometry()
+        if self.isMaximized() or self.isFullScreen():
+            return
+        frame = self.frameGeometry().size() - self.geometry().size()
+        max_w = max(320, int(area.width() * SCREEN_SHARE) - frame.width())
+        max_h = max(240, int(area.height() * SCREEN_SHARE) - frame.height())
+        want_w, want_h = DEFAULT_SIZE if default else (self.width(), self.height())
+        width, height = min(want_w, max_w), min(want_h, max_h)
+        if default or (width, height) != (self.width(), self.height()):
+            self.resize(width, height)
+        geometry = self.frameGeometry()
+        if default or not area.contains(geometry):
+            geometry.moveCenter(area.center())
+            left = max(area.left(), min(geometry.left(), area.right() - geometry.width()))
+            top = max(area.top(), min(geometry.top(), area.bottom() - geometry.height()))
+            self.move(left, top)
+
+    def ensure_run_panel_visible(self) -> None:
+        """A job started: the Edit dock (Drag/Cancel, progress, preview) must be on screen.
+
+        The dock gets the height its contents need (room for the preview included) when it has
+        less, taken from the docks below it; the run panel is then scrolled into view in case
+        the window itself is too small for it."""
+        if not self.edit_dock.isVisible():
+            self.edit_dock.show()
+        self.edit_dock.raise_()
+        self.fit_edit_dock(preview=True)
+        self.edit_dock_scroll.ensureWidgetVisible(self.run_panel, 0, 0)
+
+    def edit_dock_height_needed(self, *, preview: bool = False) -> int:
+        """Dock height that shows the whole run panel (and the live preview while dragging)."""
+        from dragstudio.panels.progress import PREVIEW_HEIGHT
+
+        extra = (
+            PREVIEW_HEIGHT + 6 if preview and not self.drag_ui.progress.preview.isVisible() else 0
+        )
+        title = self.edit_dock.height() - self.edit_dock_scroll.height()
+        wanted = min(EDIT_SCROLL_WANTED, self.edit_panel.sizeHint().height())
+        settings_height = max(EDIT_SCROLL_MIN, wanted)
+        return settings_height + self.run_panel.sizeHint().height() + extra + max(title, 0)
+
+    def fit_edit_dock(self, *, preview: bool = False) -> None:
+        if self.edit_dock.isFloating():
+            return
+        need = self.edit_dock_height_needed(preview=preview)
+        have = self.edit_dock.height()
+        if have >= need:
+            return
+        # Resizing one dock alone spreads the change over its neighbours unpredictably; give
+        # the dock below (History, or whichever is tabbed in front) exactly what Edit gives up.
+        below = [
+            d
+            for d in self.findChildren(QDockWidget)
+            if d is not self.edit_dock
+            and d.isVisible()
+            and not d.isFloating()
+            and self.dockWidgetArea(d) == self.dockWidgetArea(self.edit_dock)
+            and d.y() > self.edit_dock.y()
+        ]
+        if below:
+            other = below[0]
+            rest = max(other.minimumSizeHint().height(), other.height() - (need - have))
+            self.resizeDocks([self.edit_dock, other], [need, rest], Qt.Orientation.Vertical)
+        else:
+            self.resizeDocks([self.edit_dock], [need], Qt.Orientation.Vertical)
+
+    def ask_quit_during_job(self, what: str) -> bool:
+        """Quitting while a job runs: True to cancel it and quit."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle(f"Stop the {what} and quit?")
+        box.setText(f"A {what} is running.")
+        box.setInformativeText("Quitting stops it; the open image stays as it was.")
+        stop = box.addButton(
+            f"Stop {what.capitalize()} and Quit", QMessageBox.ButtonRole.AcceptRole
+        )
+        keep = box.addButton("Keep Working", QMessageBox.ButtonRole.RejectRole)
+        box.setDefaultButton(keep)
+        box.exec()  # closeEvent is plain Qt code, not a coroutine: a modal loop is fine here
+        return box.clickedButton() is stop
+
+    def running_job(self) -> str:
+        """What runs on the engine now, in words ("" when nothing does)."""
+        if self.drag_ui.runner.busy:
+            return "drag"
+        if self.generate_ui.running:
+            return "generation"
+        return "job" if self.drag_ui.host.busy else ""
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if not self.project_ui.may_close():
+        job = self.running_job()
+        if job and not self.ask_quit_during_job(job):
             event.ignore()
             return
+        if not self.project_ui.may_close():  # "Save changes?" may still say Cancel
+            event.ignore()
+            return
+        if job:
+            self.drag_ui.cancel()
+            self.generate_ui.shutdown()
         self.project_ui.shutdown()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())

@@ -82,9 +82,9 @@ class ProjectUI:
         a("save", "&Save Project", self.save, shortcuts=[QKeySequence.StandardKey.Save])
         a("save_as", "Save Project &As…", self.save_as, shortcuts=["Ctrl+Shift+S"])
         a("export", "&Export Image…", self.export_dialog, shortcuts=["Ctrl+E"])
-        a("export_series", "Export All &Results…", self.export_series_dialog)
+        a("export_series", "Export All Res&ults…", self.export_series_dialog)
         a("copy_image", "&Copy Image", self.copy_image, shortcuts=["Ctrl+Shift+C"])
-        a("cache_settings", "LoRA &Cache…", self.cache_dialog, tip="Size, limit and clearing")
+        a("cache_settings", "LoRA Cac&he…", self.cache_dialog, tip="Size, limit and clearing")
         self.recent_menu = QMenu("Open &Recent", w)
         self.recent_menu.setObjectName("recentMenu")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
@@ -116,6 +116,10 @@ class ProjectUI:
     def recent(self) -> list[str]:
         return list(self.window.prefs.get("recent_projects"))
 
+    def remember_recent(self, path: Path) -> None:
+        """Photos go on the Open Recent list too, not only projects."""
+        self._remember(path)
+
     def _remember(self, path: Path) -> None:
         self.window.prefs.push_recent("recent_projects", str(path.resolve()))
 
@@ -127,7 +131,7 @@ class ProjectUI:
             act.setToolTip(item)
             act.triggered.connect(lambda *_, p=item: self.window.open_path(p))
         if not items:
-            self.recent_menu.addAction("No recent projects").setEnabled(False)
+            self.recent_menu.addAction("No recent files").setEnabled(False)
         else:
             self.recent_menu.addSeparator()
             self.recent_menu.addAction("Clear Recent", self._clear_recent)
@@ -166,6 +170,7 @@ class ProjectUI:
         else:
             self._remember(path)
             w.prefs.update(last_dir=str(path.resolve().parent))
+        w.document_opened()
         w._update_title()
         self.update_enabled()
         w.statusBar().showMessage(f"Opened {path.name}", 4000)

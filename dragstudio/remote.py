@@ -22,7 +22,7 @@ from typing import Any
 from backend.errors import InvalidRequest
 from backend.events import Event
 from backend.request import DragRequest
-from dragstudio.runner import Failure, Listener, Outcome, describe_failure
+from dragstudio.runner import BusyNotifier, Failure, Listener, Outcome, describe_failure
 
 StatusListener = Callable[[str, str], None]
 """``(state, text)``: state is "connected", "offline" or "error"."""
@@ -71,7 +71,7 @@ def describe_remote_failure(exc: BaseException) -> Failure:
     return failure
 
 
-class RemoteEngineHost:
+class RemoteEngineHost(BusyNotifier):
     """Same surface as :class:`~dragstudio.runner.EngineHost`; jobs run on a server."""
 
     def __init__(
@@ -158,10 +158,17 @@ class RemoteEngineHost:
                 self._spawn(client.close())
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def wait_closed(self) -> None:
-        """Nothing runs here but :meth:`call`'s thread; the server finishes on its own."""
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Nothing runs here but :meth:`call`'s thread; the server finishes on its own.
+
+        With a ``timeout`` it does not wait for that thread (as :meth:`EngineHost.wait_closed`
+        gives up then); True when nothing was left running."""
         self.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if timeout is None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            return True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return self._running == 0
 
     # -- connection --------------------------------------------------------------------------
 
@@ -260,7 +267,10 @@ class RemoteEngineHost:
         job_id = next(self._ids)
         stopped = asyncio.Event()
         remote: dict[str, Any] = {}
+        was_busy = self._current is not None
         self._current = (job_id, stopped, remote)
+        if not was_busy:
+            self._notify_busy(True)
 
         def deliver(event: Event) -> None:
             if listener is not None and self.current_job == job_id and not stopped.is_set():
@@ -297,6 +307,7 @@ class RemoteEngineHost:
             waiter.cancel()
             if self.current_job == job_id:
                 self._current = None
+                self._notify_busy(False)  # a job ended: what depends on busy is recomputed
         if not task.done() or stopped.is_set():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

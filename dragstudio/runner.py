@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -149,7 +150,33 @@ class Outcome:
         return self.failure is None
 
 
-class EngineHost:
+class BusyNotifier:
+    """Tells listeners when a host's job starts or ends (shared by the local and remote hosts)."""
+
+    _busy_listeners: list[Callable[[bool], None]]
+
+    def on_busy_changed(self, listener: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``listener(busy)`` on the loop's thread whenever a job starts or ends.
+
+        The one signal for "a job ended" (finished, failed or cancelled), so whatever depends on
+        :attr:`busy` is recomputed then, not guessed while the job still counts as running.
+        Returns a function that unsubscribes."""
+        if not hasattr(self, "_busy_listeners"):
+            self._busy_listeners = []
+        self._busy_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._busy_listeners:
+                self._busy_listeners.remove(listener)
+
+        return unsubscribe
+
+    def _notify_busy(self, busy: bool) -> None:
+        for listener in list(getattr(self, "_busy_listeners", ())):
+            listener(busy)
+
+
+class EngineHost(BusyNotifier):
     """Owns the engine thread, the engine on it, job ids and cancel tokens."""
 
     def __init__(
@@ -165,7 +192,9 @@ class EngineHost:
         self._current: tuple[int, CancelTokenLike, asyncio.Event] | None = None
         self._pending_engine_work = 0
         self._pending_lock = threading.Lock()
+        self._futures: set[Future[Any]] = set()
         self.loaded_model: str | None = None
+        self._busy_listeners = []
         self.engine_thread: int | None = None
         """Ident of the thread that owns the engine, once it exists (tests check it)."""
 
@@ -175,6 +204,12 @@ class EngineHost:
     def busy(self) -> bool:
         """A job is current (the GUI's view; the engine may still be finishing a cancelled one)."""
         return self._current is not None
+
+    def _set_current(self, current: tuple[int, CancelTokenLike, asyncio.Event] | None) -> None:
+        was = self._current is not None
+        self._current = current
+        if was != (current is not None):
+            self._notify_busy(current is not None)
 
     @property
     def engine_busy(self) -> bool:
@@ -199,14 +234,21 @@ class EngineHost:
         self.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def wait_closed(self) -> None:
+    def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the engine thread has finished (at most one engine step after a cancel).
 
         Called at exit while the event loop still exists, so a cancelled job completing its
-        future never posts into a closed loop.
+        future never posts into a closed loop. With a ``timeout`` it gives up after that many
+        seconds and returns False: some engine work (loading a model) cannot stop mid-way, and
+        the caller then ends the process rather than keep the user waiting.
         """
         self.cancel()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        _done, running = futures_wait(list(self._futures), timeout=timeout)
+        if running:
+            return False
+        self._executor.shutdown(wait=True)
+        return True
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -276,7 +318,7 @@ class EngineHost:
         job_id = next(self._ids)
         token = self._token_factory()
         stopped = asyncio.Event()
-        self._current = (job_id, token, stopped)
+        self._set_current((job_id, token, stopped))
 
         def deliver(event: Event) -> None:
             if listener is not None and self.current_job == job_id and not token.cancelled:
@@ -308,6 +350,8 @@ class EngineHost:
         with self._pending_lock:
             self._pending_engine_work += 1
         future: Future[tuple[Any, Failure | None, float]] = self._executor.submit(run)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
         wrapped = asyncio.wrap_future(future, loop=loop)
         waiter = asyncio.ensure_future(stopped.wait())
         try:
@@ -315,7 +359,7 @@ class EngineHost:
         finally:
             waiter.cancel()
             if self.current_job == job_id:
-                self._current = None
+                self._set_current(None)
         if not wrapped.done() or token.cancelled:
             wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
             return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))

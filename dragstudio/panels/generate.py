@@ -32,6 +32,8 @@ CUSTOM = "Custom"
 MAX_SEED = 2**31 - 1
 """QSpinBox holds a C int; the engine accepts larger seeds, the panel does not need them."""
 
+IDLE_NOTE = "A generated image drags without LoRA or inversion."
+
 
 def _side_spin(value: int) -> QSpinBox:
     spin = QSpinBox()
@@ -110,10 +112,10 @@ class GeneratePanel(QWidget):
         self.button = QPushButton("Generate")
         self.button.setObjectName("generateButton")
         self.button.setMinimumHeight(32)
-        self.status = QLabel("A generated image drags without LoRA or inversion.")
+        self.status = QLabel(IDLE_NOTE)
         self.status.setObjectName("generateStatus")
         self.status.setWordWrap(True)
-        self.status.setStyleSheet("color: #9aa3b0;")
+        self.status.setProperty("muted", True)
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 8)

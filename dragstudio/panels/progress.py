@@ -1,7 +1,9 @@
 """The Drag button and one progress bar per stage, with step/total, time left, loss and a preview.
 
 Time left is the stage's own pace so far (elapsed / steps done × steps left): stages differ too
-much in cost per step for one overall estimate to mean anything.
+much in cost per step for one overall estimate to mean anything. A stage's bar is busy (moving)
+from its start until its first step, so a slow first step never looks like a hang. Under the
+button a hint says why Drag cannot run, when it cannot.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ STAGE_TITLES: dict[Stage, str] = {
     Stage.DENOISE: "Denoising",
 }
 PREVIEW_WIDTH = 240
+PREVIEW_HEIGHT = 150
+"""The preview fits this box: the panel's height must not depend on the photo's aspect."""
+BAR_HEIGHT = 18
+"""Tall enough for its caption: a bar is never a hairline."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -48,11 +54,28 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
+class BarText:
+    """A stage's caption (steps, time left, loss), written inside its bar: one line per stage
+    keeps the whole panel short enough to stay in view beside the preview."""
+
+    def __init__(self, bar: QProgressBar) -> None:
+        self.bar = bar
+        self._text = ""
+
+    def setText(self, text: str) -> None:
+        self._text = text
+        self.bar.setFormat(text.replace("%", "%%"))
+        self.bar.setToolTip(text)
+
+    def text(self) -> str:
+        return self._text
+
+
 @dataclass
 class _Row:
     title: QLabel
     bar: QProgressBar
-    note: QLabel
+    note: BarText
     started: float = 0.0
     total: int = 0
     detail: str = ""
@@ -64,15 +87,21 @@ class ProgressPanel(QWidget):
         self.setObjectName("progressPanel")
         self.drag_button = QPushButton("Drag")
         self.drag_button.setObjectName("dragButton")
-        self.drag_button.setMinimumHeight(32)
-        self.status = QLabel("Place handle and target points, then press Drag.")
+        self.drag_button.setMinimumHeight(34)
+        self.reason = QLabel("")
+        """Why Drag cannot run now (empty and hidden when it can)."""
+        self.reason.setObjectName("dragReason")
+        self.reason.setWordWrap(True)
+        self.reason.setVisible(False)
+        self.status = QLabel("")
         self.status.setObjectName("progressStatus")
         self.status.setWordWrap(True)
 
         grid = QGridLayout()
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setHorizontalSpacing(6)
-        grid.setVerticalSpacing(2)
+        grid.setVerticalSpacing(4)
+        grid.setColumnStretch(1, 1)
         self.rows: dict[Stage, _Row] = {}
         for i, (stage, title) in enumerate(STAGE_TITLES.items()):
             label = QLabel(title)
@@ -80,14 +109,13 @@ class ProgressPanel(QWidget):
             bar.setObjectName(f"progress_{stage.value}")
             bar.setRange(0, 1)
             bar.setValue(0)
-            bar.setTextVisible(False)
-            bar.setMaximumHeight(10)
-            note = QLabel("")
-            note.setObjectName(f"note_{stage.value}")
-            note.setStyleSheet("color: #9aa3b0;")
-            grid.addWidget(label, 2 * i, 0)
-            grid.addWidget(bar, 2 * i, 1)
-            grid.addWidget(note, 2 * i + 1, 0, 1, 2)
+            bar.setTextVisible(True)
+            bar.setFixedHeight(BAR_HEIGHT)
+            bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            note = BarText(bar)
+            note.setText("")
+            grid.addWidget(label, i, 0)
+            grid.addWidget(bar, i, 1)
             self.rows[stage] = _Row(label, bar, note)
 
         self.preview = QLabel()
@@ -100,6 +128,7 @@ class ProgressPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
         layout.addWidget(self.drag_button)
+        layout.addWidget(self.reason)
         layout.addWidget(self.status)
         layout.addLayout(grid)
         layout.addWidget(self.preview)
@@ -108,11 +137,18 @@ class ProgressPanel(QWidget):
     def show_stages(self, stages: tuple[Stage, ...]) -> None:
         """Show only the rows a job has: a drag never generates, a generation never drags."""
         for stage, row in self.rows.items():
-            for widget in (row.title, row.bar, row.note):
+            for widget in (row.title, row.bar):
                 widget.setVisible(stage in stages)
 
     def add_below_button(self, widget: QWidget) -> None:
-        self._layout.insertWidget(1, widget)
+        self._layout.insertWidget(2, widget)  # below the button and its hint
+
+    def set_reason(self, reason: str) -> None:
+        """Say why Drag cannot run (or nothing); the button's tooltip says it too."""
+        self.reason.setText(reason)
+        self.reason.setVisible(bool(reason))
+        if reason:
+            self.drag_button.setToolTip(reason)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -125,6 +161,12 @@ class ProgressPanel(QWidget):
             self.reset()
             self.show_stages(DRAG_STAGES)
             self.status.setText("Starting…")
+            self.rows[Stage.LOAD].bar.setRange(0, 0)  # busy until the engine reports
+
+    def clear(self) -> None:
+        """A new document: no captions, bars or preview from the last one."""
+        self.reset()
+        self.status.setText("")
 
     def reset(self) -> None:
         for row in self.rows.values():
@@ -160,8 +202,8 @@ class ProgressPanel(QWidget):
         row.started = time.perf_counter()
         row.total = event.total
         row.detail = event.detail
-        row.bar.setRange(0, max(event.total, 1))
-        row.bar.setValue(0)
+        # Busy until the first step arrives: a first step can take a while (warm-up, CPU).
+        row.bar.setRange(0, 0)
         row.note.setText(event.detail or (f"0 / {event.total}" if event.total else ""))
         self.status.setText(f"{STAGE_TITLES[event.stage]}…")
 
@@ -175,9 +217,9 @@ class ProgressPanel(QWidget):
         if event.step and total > event.step:
             parts.append(f"{format_seconds(elapsed / event.step * (total - event.step))} left")
         if event.loss is not None:
-            parts.append(f"loss {event.loss:.4g}")
-        if row.detail and event.stage == Stage.LORA:
-            parts.insert(0, row.detail)
+            parts.append(f"loss {event.loss:.3g}")
+        # The stage's detail ("fine-tuning LoRA") was the bar's text until the first step; the
+        # status line keeps saying which stage runs, so the bar keeps room for the numbers.
         row.note.setText(" · ".join(parts))
         if event.preview is not None:
             self.show_preview(event.preview)
@@ -193,8 +235,11 @@ class ProgressPanel(QWidget):
 
     def show_preview(self, image: object) -> None:
         qimage = rgb_to_qimage(image)  # type: ignore[arg-type]
-        pixmap = QPixmap.fromImage(qimage).scaledToWidth(
-            PREVIEW_WIDTH, Qt.TransformationMode.SmoothTransformation
+        pixmap = QPixmap.fromImage(qimage).scaled(
+            PREVIEW_WIDTH,
+            PREVIEW_HEIGHT,
+            Qt.AspectRatioMode.KeepAspectRatio,
+            Qt.TransformationMode.SmoothTransformation,
         )
         self.preview.setPixmap(pixmap)
         self.preview.setToolTip("Preview of the edit (the predicted clean image)")

@@ -72,8 +72,8 @@ class ResultBar(QWidget):
         layout.addLayout(decide)
         self.setVisible(False)
 
-    def show_result(self, seconds: float, lora_reused: bool, distances: list[float]) -> None:
-        lora = "LoRA reused" if lora_reused else "LoRA trained"
+    def show_result(self, seconds: float, lora: str, distances: list[float]) -> None:
+        """``lora`` says what the LoRA stage did (trained, reused, skipped)."""
         far = f", handles within {max(distances):.1f} px of targets" if distances else ""
         self.summary.setText(f"Result ready in {format_seconds(seconds)} ({lora}{far}).")
         self.before_button.setChecked(False)

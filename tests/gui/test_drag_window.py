@@ -216,17 +216,27 @@ def test_offline_download_fails_clearly_and_the_app_keeps_working(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     w = drag_window
     prepare(w, case, Path("nobody/no-such-model"))
-    asked: list[str] = []
+    order: list[str] = []
+    host = w.drag_ui.host
+    load = host.load_model
 
-    def ask(spec: str, failure: Failure) -> ModelChoice:
-        asked.append(spec)
+    async def counted_load(spec: str) -> Any:
+        order.append(f"load {spec}")
+        return await load(spec)
+
+    host.load_model = counted_load
+
+    async def ask(spec: str, failure: Failure) -> ModelChoice:
+        order.append(f"ask {spec}")
         return ModelChoice.DOWNLOAD
 
     w.ask_missing_model = ask
     before = state(w)
     outcome = press_drag(w, loop)
     assert outcome is None  # the edit never started
-    assert asked == ["nobody/no-such-model"]
+    # The local cache answers first: the user is asked before any engine load (which would
+    # wait on the unreachable hub), and nothing is loaded after the download failed.
+    assert order == ["ask nobody/no-such-model"]
     assert len(w.failures) == 1
     failure = w.failures[0]
     assert "could not download nobody/no-such-model" in failure.message
@@ -234,6 +244,8 @@ def test_offline_download_fails_clearly_and_the_app_keeps_working(
     assert state(w) == before
     assert not w.drag_ui.runner.busy and w.drag_ui.progress.drag_button.text() == "Drag"
     assert w.actions["drag"].isEnabled()
+    status = w.drag_ui.progress.status.text()
+    assert "download failed" in status and "Cancelled" not in status
 
 
 def test_an_engine_failure_shows_a_dialog_with_details(
