@@ -65,6 +65,11 @@ class Settings:
         (), "Recently used models, newest first.", max_items=MAX_RECENT
     )
     keep_photo_lora: bool = _key(True, "Dragging a result again keeps the photo's LoRA.")
+    drag_quality: str = _key(
+        "final",
+        "Preview (small working width, fewer DDIM steps) or Final (as set) for the next drag.",
+        choices=("preview", "final"),
+    )
     lora_cache_limit_gb: float = _key(4.0, "Size limit of the LoRA cache, in GiB.", lo=0.1, hi=1000)
     device: str = _key("auto", "Where the engine runs.", choices=DEVICES)
     model_config: str = _key(

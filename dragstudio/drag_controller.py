@@ -21,6 +21,7 @@ from backend.events import StageFinished, StageStarted, StepProgress
 from backend.request import DragRequest
 from backend.result import Trace
 from backend.session import history_entry
+from dragstudio.quality import Quality, params_for
 from dragstudio.runner import EngineHost, Failure, Outcome
 
 ModelResolver = Callable[[str, Failure], Awaitable[str | None]]
@@ -36,6 +37,7 @@ class PendingResult:
     request: DragRequest
     trace: Trace = field(repr=False)
     seconds: float = 0.0
+    quality: Quality = Quality.FINAL
 
     @property
     def lora_reused(self) -> bool:
@@ -90,10 +92,13 @@ class DragController(QObject):
         """Drags on accepted results reuse the photo's LoRA (a setting)."""
         self.retrain_next = False
         self.resolve_missing_model: ModelResolver | None = None
+        self.quality = Quality.FINAL
+        """Preview drags smaller and with fewer DDIM steps (see :mod:`dragstudio.quality`)."""
         self.model_on_disk: Callable[[str], bool] = lambda _spec: True
         """Checked before loading: a model known to be missing goes straight to the resolver,
         without the engine first waiting on an unreachable hub."""
         self.pending: PendingResult | None = None
+        self.last_quality = Quality.FINAL
         self.events: list[object] = []
         """Every event of the latest job, in arrival order (for tests and the self-test)."""
         self._busy = False
@@ -107,9 +112,12 @@ class DragController(QObject):
             self._busy = busy
             self.busyChanged.emit(busy)
 
-    def build_request(self) -> DragRequest:
+    def build_request(self, quality: Quality | None = None) -> DragRequest:
         """The document as a request, validated; raises InvalidRequest with the reason."""
         request = self.document.to_request(keep_photo_lora=self.keep_photo_lora)
+        run = params_for(request.params, quality or self.quality)
+        if run != request.params:
+            request = replace(request, params=run)
         if self.preview_every != request.params.preview_every:
             request = replace(
                 request, params=replace(request.params, preview_every=self.preview_every)
@@ -134,12 +142,15 @@ class DragController(QObject):
             self.resultChanged.emit(None)
         return pending
 
-    async def drag(self) -> Outcome | None:
-        """Run the document's edit; returns how it ended (None if it never started)."""
+    async def drag(self, quality: Quality | None = None) -> Outcome | None:
+        """Run the document's edit; returns how it ended (None if it never started).
+
+        ``quality`` overrides the chosen one for this run (Render Final after a Preview)."""
         if self._busy:
             return None
+        self.last_quality = quality or self.quality
         try:
-            request = self.build_request()
+            request = self.build_request(self.last_quality)
         except InvalidRequest as exc:
             self.failed.emit(Failure(f"Cannot drag yet: {exc}.", "", ""))
             return None
@@ -163,7 +174,7 @@ class DragController(QObject):
                 return outcome
             result = outcome.value
             self.pending = PendingResult(
-                result.image, before, request, result.trace, outcome.seconds
+                result.image, before, request, result.trace, outcome.seconds, self.last_quality
             )
             self.resultChanged.emit(self.pending)
             return outcome

@@ -27,6 +27,7 @@ from dragstudio.drag_controller import DragController, PendingResult
 from dragstudio.drag_readiness import drag_blocker, hub_model_cached, looks_like_hub_id
 from dragstudio.panels.progress import ProgressPanel
 from dragstudio.panels.results import ResultBar, ResultsHistory
+from dragstudio.quality import Quality
 from dragstudio.runner import EngineHost, Failure
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class DragUI:
 
         self._build_actions()
         self._connect()
+        stored = self.window.prefs.get("drag_quality")
+        self.set_quality(Quality.PREVIEW if stored == Quality.PREVIEW.value else Quality.FINAL)
         self._update_enabled()
 
     # -- actions -----------------------------------------------------------------------------
@@ -132,6 +135,10 @@ class DragUI:
         self.window.model_picker.modelChosen.connect(lambda _m: self._update_enabled())
         bar = self.result_bar
         bar.accept_button.clicked.connect(self.accept)
+        bar.final_button.clicked.connect(self.render_final)
+        p.preview_button.toggled.connect(
+            lambda on: self.set_quality(Quality.PREVIEW if on else Quality.FINAL)
+        )
         bar.discard_button.clicked.connect(self.discard)
         bar.before_button.toggled.connect(canvas.set_show_before)
         bar.before_button.toggled.connect(self.window.actions["show_before"].setChecked)
@@ -146,14 +153,28 @@ class DragUI:
         else:
             self.start()
 
-    def start(self) -> asyncio.Future[object] | None:
+    def start(self, quality: Quality | None = None) -> asyncio.Future[object] | None:
         """Start a drag on the event loop; the task is kept so callers (tests) can await it."""
-        if self.runner.busy:
+        if self.runner.busy or self.blocker():
             return None
         loop = asyncio.get_event_loop_policy().get_event_loop()
         self.window.ensure_run_panel_visible()
-        self.task = loop.create_task(self.runner.drag())
+        self.task = loop.create_task(self.runner.drag(quality))
         return self.task
+
+    def render_final(self) -> asyncio.Future[object] | None:
+        """The Preview result's points again, at Final quality (same LoRA: no retraining)."""
+        self.runner.discard()
+        return self.start(Quality.FINAL)
+
+    def set_quality(self, quality: Quality) -> None:
+        self.runner.quality = quality
+        self.window.prefs.update(drag_quality=quality.value)
+        buttons = self.progress
+        if buttons.preview_button.isChecked() != (quality == Quality.PREVIEW):
+            (
+                buttons.preview_button if quality == Quality.PREVIEW else buttons.final_button
+            ).setChecked(True)
 
     def cancel(self) -> None:
         self.runner.cancel()
@@ -247,8 +268,15 @@ class DragUI:
             self.result_bar.setVisible(False)
         else:
             canvas.set_result(pending.image)
+            preview = ""
+            if pending.quality == Quality.PREVIEW:
+                p = pending.request.params
+                preview = f"{p.working_width} px, {p.inference_steps} DDIM steps"
             self.result_bar.show_result(
-                pending.seconds, pending.lora_summary, list(pending.trace.final_distances)
+                pending.seconds,
+                pending.lora_summary,
+                list(pending.trace.final_distances),
+                preview,
             )
             self.progress.status.setText("Done. Compare, then Accept or Discard.")
         self._update_enabled()

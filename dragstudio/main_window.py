@@ -67,6 +67,8 @@ OPEN_FILTER = (
 )
 EDIT_SCROLL_MIN = 72
 """The settings above the Drag button keep at least this much room (a row or two)."""
+EDIT_DOCK_SHARE = 0.62
+"""At first, the Edit dock takes about this share of the right-hand column (History the rest)."""
 EDIT_SCROLL_WANTED = 200
 """...and get up to this much (prompt, Advanced, model) when the Edit dock is fitted."""
 DEFAULT_SIZE = (1400, 900)
@@ -604,7 +606,8 @@ class MainWindow(QMainWindow):
         restored = isinstance(geometry, QByteArray) and not geometry.isEmpty()
         if restored:
             self.restoreGeometry(geometry)
-        if isinstance(state, QByteArray) and not state.isEmpty():
+        self._restored_state = isinstance(state, QByteArray) and not state.isEmpty()
+        if self._restored_state:
             self.restoreState(state)
         self.fit_to_screen(default=not restored)
 
@@ -613,7 +616,11 @@ class MainWindow(QMainWindow):
         if not self._shown_once:
             self._shown_once = True
             # After the first layout, which gives History as much height as Edit.
-            QTimer.singleShot(0, self.fit_edit_dock)
+            QTimer.singleShot(0, self._first_fit)
+
+    def _first_fit(self) -> None:
+        """A saved layout is the user's; only the first ever gets the default share."""
+        self.fit_edit_dock(share=0.0 if self._restored_state else EDIT_DOCK_SHARE)
 
     def fit_to_screen(self, *, default: bool = False, area: QRect | None = None) -> None:
         """Keep the window inside the available screen area (a saved size from a larger
@@ -663,10 +670,13 @@ class MainWindow(QMainWindow):
         settings_height = max(EDIT_SCROLL_MIN, wanted)
         return settings_height + self.run_panel.sizeHint().height() + extra + max(title, 0)
 
-    def fit_edit_dock(self, *, preview: bool = False) -> None:
+    def fit_edit_dock(self, *, preview: bool = False, share: float = 0.0) -> None:
+        """Grow the Edit dock to what it needs, or to ``share`` of the column if that is more."""
         if self.edit_dock.isFloating():
             return
         need = self.edit_dock_height_needed(preview=preview)
+        column = self.edit_dock.height() + self.history_dock.height()
+        need = max(need, int(column * share))
         have = self.edit_dock.height()
         if have >= need:
             return

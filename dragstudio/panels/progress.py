@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
+    QButtonGroup,
     QGridLayout,
+    QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -85,6 +88,26 @@ class ProgressPanel(QWidget):
     def __init__(self) -> None:
         super().__init__()
         self.setObjectName("progressPanel")
+        self.preview_button = QToolButton(text="Preview", checkable=True)
+        self.preview_button.setObjectName("qualityPreview")
+        self.preview_button.setToolTip(
+            "Fast drags for trying points out: a small working width and fewer DDIM steps "
+            "(the LoRA is the same as Final's, so switching costs no retraining)"
+        )
+        self.final_button = QToolButton(text="Final", checkable=True, checked=True)
+        self.final_button.setObjectName("qualityFinal")
+        self.final_button.setToolTip("Drags at the working width and DDIM steps set above")
+        self.quality_group = QButtonGroup(self)
+        self.quality_group.setExclusive(True)
+        quality = QHBoxLayout()
+        quality.setContentsMargins(0, 0, 0, 0)
+        quality.setSpacing(4)
+        quality.addWidget(QLabel("Quality"))
+        for button in (self.preview_button, self.final_button):
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+            self.quality_group.addButton(button)
+            quality.addWidget(button)
+        quality.addStretch(1)
         self.drag_button = QPushButton("Drag")
         self.drag_button.setObjectName("dragButton")
         self.drag_button.setMinimumHeight(34)
@@ -127,6 +150,7 @@ class ProgressPanel(QWidget):
         self._layout = layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
+        layout.addLayout(quality)
         layout.addWidget(self.drag_button)
         layout.addWidget(self.reason)
         layout.addWidget(self.status)
@@ -141,7 +165,7 @@ class ProgressPanel(QWidget):
                 widget.setVisible(stage in stages)
 
     def add_below_button(self, widget: QWidget) -> None:
-        self._layout.insertWidget(2, widget)  # below the button and its hint
+        self._layout.insertWidget(3, widget)  # below the button and its hint
 
     def set_reason(self, reason: str) -> None:
         """Say why Drag cannot run (or nothing); the button's tooltip says it too."""

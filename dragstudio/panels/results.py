@@ -57,6 +57,12 @@ class ResultBar(QWidget):
         self.discard_button = QPushButton("Discard")
         self.discard_button.setObjectName("discard")
         self.discard_button.setToolTip("Drop the result and keep the image as it was")
+        self.final_button = QPushButton("Render Final")
+        self.final_button.setObjectName("renderFinal")
+        self.final_button.setToolTip(
+            "Drag the same points again at Final quality (reusing this photo's LoRA)"
+        )
+        self.final_button.setVisible(False)
 
         compare = QHBoxLayout()
         compare.addWidget(self.before_button)
@@ -65,6 +71,7 @@ class ResultBar(QWidget):
         decide = QHBoxLayout()
         decide.addWidget(self.accept_button)
         decide.addWidget(self.discard_button)
+        decide.addWidget(self.final_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.summary)
@@ -72,10 +79,15 @@ class ResultBar(QWidget):
         layout.addLayout(decide)
         self.setVisible(False)
 
-    def show_result(self, seconds: float, lora: str, distances: list[float]) -> None:
-        """``lora`` says what the LoRA stage did (trained, reused, skipped)."""
+    def show_result(
+        self, seconds: float, lora: str, distances: list[float], preview: str = ""
+    ) -> None:
+        """``lora`` says what the LoRA stage did (trained, reused, skipped); ``preview`` how a
+        Preview-quality result was made ("" for Final)."""
         far = f", handles within {max(distances):.1f} px of targets" if distances else ""
-        self.summary.setText(f"Result ready in {format_seconds(seconds)} ({lora}{far}).")
+        kind = f"Preview ({preview})" if preview else "Result"
+        self.summary.setText(f"{kind} ready in {format_seconds(seconds)} ({lora}{far}).")
+        self.final_button.setVisible(bool(preview))
         self.before_button.setChecked(False)
         self.split.setValue(0)
         self.setVisible(True)

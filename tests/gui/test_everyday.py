@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -38,11 +39,13 @@ class ScriptedEngine:
     delay = 0.02
     stuck = threading.Event()
     """While set, ``edit`` ignores cancel (like a model load that cannot stop mid-way)."""
+    requests: ClassVar[list[Any]] = []
 
     def load_model(self, spec: str) -> float:
         return 0.0
 
     def edit(self, request: Any, on_event: Any, cancel: Any) -> Any:
+        ScriptedEngine.requests.append(request)
         image = request.image
         for stage, total in ((Stage.LORA, 3), (Stage.INVERSION, 3), (Stage.DRAG, self.steps)):
             on_event(StageStarted(stage, total, "fine-tuning LoRA" if stage == Stage.LORA else ""))
@@ -344,6 +347,35 @@ def test_result_messages_say_what_the_lora_stage_did(w: Any) -> None:
     bar = w.drag_ui.result_bar
     bar.show_result(3.0, pending("generated", False, 0).lora_summary, [])
     assert "trained" not in bar.summary.text() and "generated image" in bar.summary.text()
+
+
+def test_preview_then_render_final(w: Any, loop: Any, sample_image: Path, settings: Any) -> None:
+    from dragstudio.quality import PREVIEW_DDIM_STEPS, PREVIEW_WORKING_WIDTH
+
+    assert w.open_path(sample_image)
+    place_pair(w, (100.0, 100.0), (140.0, 110.0))
+    progress, bar = w.drag_ui.progress, w.drag_ui.result_bar
+    progress.preview_button.click()
+    assert settings.value("drag/quality") == "preview"
+    ScriptedEngine.requests.clear()
+    progress.drag_button.click()
+    assert finish(loop, w.drag_ui.task).ok
+    preview = ScriptedEngine.requests[-1].params
+    assert (preview.working_width, preview.inference_steps) == (
+        PREVIEW_WORKING_WIDTH,
+        PREVIEW_DDIM_STEPS,
+    )
+    assert preview.inversion_strength == w.document.params.inversion_strength
+    assert ScriptedEngine.requests[-1].lora == w.document.lora  # same LoRA key: reused
+    assert bar.final_button.isVisible() and "Preview (256 px, 20 DDIM steps)" in bar.summary.text()
+
+    bar.final_button.click()  # the same points at the document's own settings
+    assert finish(loop, w.drag_ui.task).ok
+    final = ScriptedEngine.requests[-1]
+    assert replace(final.params, preview_every=0) == w.document.params
+    assert final.pairs == ScriptedEngine.requests[0].pairs
+    assert not bar.final_button.isVisible() and bar.summary.text().startswith("Result ready")
+    assert progress.preview_button.isChecked()  # the mode stays Preview for the next points
 
 
 # -- quitting ----------------------------------------------------------------------------------
