@@ -281,7 +281,9 @@ ParamsT = TypeVar("ParamsT", DragParams, LoraParams)
 GROUPS: dict[Group, type[Any]] = {"params": DragParams, "lora": LoraParams}
 
 PANEL_KEYS: tuple[str, ...] = (
-    "lora_steps", "inversion_strength", "drag_steps", "latent_lr", "lam", "r1", "r2", "seed",
+    "working_width", "ddim_steps",
+    "lora_steps", "lora_lr", "lora_batch_size", "lora_rank",
+    "inversion_strength", "drag_steps", "latent_lr", "lam", "r1", "r2", "seed",
 )  # fmt: skip
 """The knobs the GUI's parameters panel shows, in its order."""
 

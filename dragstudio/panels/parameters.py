@@ -6,6 +6,7 @@ the document whenever it changes, so undo, reset and (later) opening a project a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from PySide6.QtGui import QUndoStack
@@ -41,14 +42,35 @@ class ParamSpec:
     step: float
     decimals: int
     tooltip: str
+    multiple_of: int = 1
 
 
 SPECS: tuple[ParamSpec, ...] = tuple(
-    ParamSpec(s.key, s.label, s.group, s.name, s.min, s.max, s.step, s.decimals, s.help)
+    ParamSpec(
+        s.key, s.label, s.group, s.name, s.min, s.max, s.step, s.decimals, s.help, s.multiple_of
+    )
     for s in panel_specs()
 )
 """Ranges, labels and help come from :mod:`backend.params`: the spin boxes accept exactly
 what validation accepts."""
+
+SECTIONS: dict[str, str] = {
+    "working_width": "Speed",
+    "lora_steps": "LoRA fine-tuning",
+    "inversion_strength": "Drag",
+}
+"""Headings in the Advanced form, placed before the knob named (in panel order)."""
+
+
+def snapped(spec: ParamSpec, value: float) -> float:
+    """``value`` on the knob's grid (working width: a multiple of 8), within its range."""
+    if spec.multiple_of <= 1:
+        return value
+    m = spec.multiple_of
+    v = math.floor(value / m + 0.5) * m  # half up: 500 -> 504, as a person would round
+    lo = -(-int(spec.lo) // m) * m
+    hi = int(spec.hi) // m * m
+    return max(lo, min(hi, v))
 
 
 def spec_value(doc: Document, spec: ParamSpec) -> float:
@@ -89,6 +111,10 @@ class ParametersPanel(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         self.spins: dict[str, QSpinBox | QDoubleSpinBox] = {}
         for spec in SPECS:
+            if spec.key in SECTIONS:
+                heading = QLabel(SECTIONS[spec.key])
+                heading.setObjectName("paramSection")
+                form.addRow(heading)
             spin = self._make_spin(spec)
             label = QLabel(spec.label)
             label.setToolTip(spec.tooltip)
@@ -139,7 +165,13 @@ class ParametersPanel(QWidget):
             self._stack.push(SetPrompt(self._doc, text))
 
     def _value_changed(self, spec: ParamSpec, value: float) -> None:
-        if self._syncing or spec_value(self._doc, spec) == value:
+        if self._syncing:
+            return
+        on_grid = snapped(spec, value)
+        if on_grid != value:  # e.g. a typed working width of 500: use 504, and show it
+            self.spins[spec.key].setValue(on_grid)  # type: ignore[arg-type]
+            return  # the spin box's own valueChanged comes back with the snapped value
+        if spec_value(self._doc, spec) == value:
             return
         params, lora = with_value(self._doc, spec, value)
         text = f"{spec.label.split(' (')[0]} = {value:g}"

@@ -356,7 +356,7 @@ def test_preview_then_render_final(w: Any, loop: Any, sample_image: Path, settin
     place_pair(w, (100.0, 100.0), (140.0, 110.0))
     progress, bar = w.drag_ui.progress, w.drag_ui.result_bar
     progress.preview_button.click()
-    assert settings.value("drag/quality") == "preview"
+    assert w.prefs.get("drag_quality") == "preview"
     ScriptedEngine.requests.clear()
     progress.drag_button.click()
     assert finish(loop, w.drag_ui.task).ok
@@ -560,3 +560,29 @@ def _no_modal_boxes(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(QMessageBox, "exec", refuse)
     monkeypatch.setattr(QMessageBox, "warning", refuse)
+
+
+def test_speed_and_lora_settings_are_in_the_window(w: Any) -> None:
+    """Working width, DDIM steps and the LoRA's learning rate, batch size and rank, with the
+    declared ranges; a typed width lands on its multiple of 8; one click resets them."""
+    from backend.params import all_specs
+    from backend.request import DragParams, LoraParams
+
+    spins = w.parameters.spins
+    specs = all_specs()
+    for key in ("working_width", "ddim_steps", "lora_lr", "lora_batch_size", "lora_rank"):
+        spin, spec = spins[key], specs[key]
+        assert (spin.minimum(), spin.maximum()) == (spec.min, spec.max), key
+        assert spin.value() == spec.default, key
+    spins["working_width"].setValue(500)
+    assert w.document.params.working_width == 504 and spins["working_width"].value() == 504
+    spins["ddim_steps"].setValue(20)
+    spins["lora_rank"].setValue(4)
+    spins["lora_lr"].setValue(0.001)
+    assert (w.document.params.inference_steps, w.document.lora.rank) == (20, 4)
+    assert w.document.lora.learning_rate == pytest.approx(0.001)
+    w.undo_stack.undo()
+    assert w.document.lora.learning_rate == pytest.approx(5e-4)
+    w.parameters.reset_button.click()
+    assert (w.document.params, w.document.lora) == (DragParams(), LoraParams())
+    assert spins["working_width"].value() == 512
