@@ -169,7 +169,8 @@ class DragUI:
 
     def set_quality(self, quality: Quality) -> None:
         self.runner.quality = quality
-        self.window.prefs.update(drag_quality=quality.value)
+        if self.window.prefs.get("drag_quality") != quality.value:
+            self.window.prefs.update(drag_quality=quality.value)
         buttons = self.progress
         if buttons.preview_button.isChecked() != (quality == Quality.PREVIEW):
             (

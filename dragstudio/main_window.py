@@ -92,6 +92,7 @@ class MainWindow(QMainWindow):
         self.actions: dict[str, QAction] = {}
 
         self._shown_once = False
+        self.docks: list[QDockWidget] = []
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -407,6 +408,7 @@ class MainWindow(QMainWindow):
         )
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.view_menu.addAction(dock.toggleViewAction())
+        self.docks.append(dock)
         return dock
 
     def _build_status_bar(self) -> None:
@@ -684,7 +686,7 @@ class MainWindow(QMainWindow):
         # the dock below (History, or whichever is tabbed in front) exactly what Edit gives up.
         below = [
             d
-            for d in self.findChildren(QDockWidget)
+            for d in self.docks
             if d is not self.edit_dock
             and d.isVisible()
             and not d.isFloating()
