@@ -253,6 +253,8 @@ class DragUI:
 
     def _step(self, event: StepProgress) -> None:
         self.progress.step_progress(event)
+        if event.preview is not None and self.progress.previews_shown == 1:
+            self.window.ensure_run_panel_visible()  # the first preview makes the panel taller
         if event.handles is not None:
             self.window.canvas.set_live_handles(event.handles)
             if event.loss is not None:

@@ -659,6 +659,8 @@ class MainWindow(QMainWindow):
         self.edit_dock.raise_()
         self.fit_edit_dock(preview=True)
         self.edit_dock_scroll.ensureWidgetVisible(self.run_panel, 0, 0)
+        if self.drag_ui.progress.preview.isVisible():
+            self.edit_dock_scroll.ensureWidgetVisible(self.drag_ui.progress.preview, 0, 0)
 
     def edit_dock_height_needed(self, *, preview: bool = False) -> int:
         """Dock height that shows the whole run panel (and the live preview while dragging)."""
