@@ -132,14 +132,17 @@ def _close(engine: Any) -> None:
 
 def _load_mask(path: Path, size: tuple[int, int]) -> Any:
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+
+    from backend.imagefile import DECODE_ERRORS, ImageRefused, open_image
 
     try:
-        with Image.open(path) as im:
+        with open_image(path, photo=False) as im:
             im.load()
             mask = np.asarray(im.convert("L")) > 0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from exc
+    except ImageRefused as exc:
+        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from None
+    except DECODE_ERRORS as exc:
+        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from None
     if (mask.shape[1], mask.shape[0]) != size:
         raise InvalidRequest(
             f"the mask is {mask.shape[1]}×{mask.shape[0]} but the image is {size[0]}×{size[1]}"

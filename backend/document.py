@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -18,16 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps
 
+from backend import limits
 from backend.errors import InvalidRequest
+from backend.imagefile import DECODE_ERRORS, ImageRefused, open_image
 from backend.request import DEFAULT_MODEL, DragParams, DragRequest, LoraParams, PointPair
 
 if TYPE_CHECKING:
     from backend.generation import Generation
 
-MAX_SIDE = 16384
-"""Largest width or height we open, the same bound the engine's request accepts."""
+MAX_SIDE = limits.MAX_SIDE
+"""Largest width or height we open (:mod:`backend.limits`, shared with projects)."""
 
 Point = tuple[float, float]
 
@@ -112,31 +113,20 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise _err(path, "it is not a file.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w > MAX_SIDE or h > MAX_SIDE:
-                    raise _err(path, f"it is {w}×{h}; DragStudio opens up to {MAX_SIDE} pixels.")
-                if w < 1 or h < 1:
-                    raise _err(path, "the image is empty.")
-                im.load()
-                try:
-                    upright = ImageOps.exif_transpose(im)
-                except (OSError, ValueError, SyntaxError, KeyError, TypeError):
-                    upright = im  # a broken EXIF block should not cost the user the picture
-                return to_rgb_array(upright if upright is not None else im)
-    except InvalidRequest:
-        raise
-    except UnidentifiedImageError:
-        raise _err(path, "it is not an image, or not in a format DragStudio can read.") from None
-    except Image.DecompressionBombError:
-        raise _err(path, "it has too many pixels to open safely.") from None
+        with open_image(path) as im:
+            im.load()
+            try:
+                upright = ImageOps.exif_transpose(im)
+            except (OSError, ValueError, SyntaxError, KeyError, TypeError):
+                upright = im  # a broken EXIF block should not cost the user the picture
+            return to_rgb_array(upright if upright is not None else im)
+    except ImageRefused as exc:
+        raise _err(path, f"{exc}.") from None
     except PermissionError:
         raise _err(path, "permission denied.") from None
     except MemoryError:
         raise _err(path, "there is not enough memory to open it.") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except DECODE_ERRORS as exc:
         raise _err(path, f"the file is damaged or truncated ({exc}).") from None
 
 

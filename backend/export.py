@@ -133,7 +133,9 @@ def export_series(
 
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """The edit record an exported file carries, or None (for tests and curious users)."""
-    with Image.open(path) as im:
+    from backend.imagefile import open_image
+
+    with open_image(path, formats=("PNG", "JPEG", "WEBP"), photo=False) as im:
         im.load()
         text = im.info.get(PNG_KEY)
         if text is None:

@@ -18,7 +18,6 @@ import math
 import re
 import struct
 import time
-import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -29,11 +28,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from backend import __version__
+from backend import __version__, limits
 from backend.atomicio import atomic_file
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import DragStudioError, InvalidRequest
 from backend.generation import Generation
+from backend.imagefile import PNG_ONLY, ImageRefused, open_image
 from backend.request import (
     DragParams,
     DragRequest,
@@ -54,23 +54,26 @@ LORA = "lora/adapter.safetensors"
 LATENTS = "generation/latents.safetensors"
 _RESULT = re.compile(r"^results/(\d{4})\.png$")
 
-MAX_FILE_BYTES = 4 * 2**30
-MAX_MANIFEST_BYTES = 1 * 2**20
-MAX_PNG_BYTES = 512 * 2**20
+MAX_FILE_BYTES = 32 * 2**30
+"""A 48 MP photo with a long history, stored uncompressed if it has to be (see ``save_project``)."""
+MAX_MANIFEST_BYTES = 16 * 2**20
+MAX_PNG_BYTES = 1 * 2**30
+"""A largest photo (150 MP) stored at PNG level 0 is 450 MB."""
 MAX_LORA_BYTES = 1 * 2**30
 MAX_LATENTS_BYTES = 256 * 2**20
 """A generation's kept trajectory: 1024×1024 at 50 steps is 13 MB, 2048×2048 at 100 steps
 106 MB; anything larger is no trajectory DragStudio makes."""
-MAX_TOTAL_BYTES = 4 * 2**30
+MAX_TOTAL_BYTES = MAX_FILE_BYTES
 """Sum of uncompressed member sizes (as declared and as actually read)."""
-MAX_HISTORY = 500
-MAX_PAIRS = 1000
-MAX_SIDE = 16384
-MAX_PIXELS = 100_000_000
-"""Per image. Every history result has the photo's size, so decoded bytes are also bounded by
-``MAX_DECODED_BYTES`` across the whole project."""
-MAX_DECODED_BYTES = 3 * 2**30
-MAX_TEXT = 2000
+MAX_HISTORY = limits.MAX_HISTORY
+MAX_PAIRS = limits.MAX_PAIRS
+MAX_SIDE = limits.MAX_SIDE
+MAX_PIXELS = limits.MAX_PIXELS
+"""Per image; all images together are bounded by :func:`project_pixels_problem`."""
+MAX_TEXT = limits.MAX_TEXT
+"""Prompts that went into an edit (the request's limit)."""
+MAX_SESSION_TEXT = 32767
+"""The prompt being typed: the GUI's text field holds at most this many characters."""
 
 
 class ProjectError(DragStudioError):
@@ -280,11 +283,25 @@ def latents_bytes(trajectory: np.ndarray) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
+def manifest_text(project: Project) -> str:
+    """The manifest as JSON text that is always valid UTF-8.
+
+    A Python string can hold a lone surrogate (e.g. pasted from a broken source); it has no
+    UTF-8 form, so it is written as U+FFFD instead of making every save fail. Surrogate *pairs*
+    become the character they encode.
+    """
+    text = json.dumps(manifest_of(project), indent=1, ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, int]]:
     """``(name, data, compression)``: PNGs and tensors are stored, the manifest deflated."""
     stored, deflated = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
-    manifest = json.dumps(manifest_of(project), indent=1, ensure_ascii=False, allow_nan=False)
-    out = [(MANIFEST, manifest.encode(), deflated)]
+    out = [(MANIFEST, manifest_text(project).encode(), deflated)]
     out.append((IMAGE, _png(project.original, compress_level), stored))
     if project.mask is not None:
         mask = Image.fromarray(project.mask.astype(bool)).convert("1")
@@ -300,14 +317,37 @@ def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, in
     return out
 
 
+def project_pixels(width: int, height: int, results: int, mask: bool) -> int:
+    """Decoded pixels a project asks for: photo, results, and the mask (counted as an image)."""
+    return width * height * (1 + results + int(mask))
+
+
+def project_pixels_problem(pixels: int, file_bytes: int) -> str | None:
+    """Why a project of ``file_bytes`` may not decode to ``pixels``: the reader's and the
+    writer's one rule (:mod:`backend.limits`)."""
+    if pixels > limits.MAX_PROJECT_PIXELS:
+        return (
+            f"its images hold {pixels / 1e9:.1f} billion pixels together; a project may hold "
+            f"{limits.MAX_PROJECT_PIXELS / 1e9:.0f} billion"
+        )
+    return limits.decode_problem(pixels, file_bytes)
+
+
 def _check_before_writing(project: Project) -> None:
     try:
         Project.to_request(project).params.validate()
         project.lora_params.validate()
     except InvalidRequest as exc:
         raise ProjectError(f"cannot save: {exc}") from exc
+    h, w = project.original.shape[:2]
+    problem = limits.image_problem(w, h)
+    if problem:
+        raise ProjectError(f"cannot save: {problem}")
     if len(project.history) > MAX_HISTORY:
         raise ProjectError(f"cannot save more than {MAX_HISTORY} accepted results")
+    pixels = project_pixels(w, h, len(project.history), project.mask is not None)
+    if pixels > limits.MAX_PROJECT_PIXELS:
+        raise ProjectError(f"cannot save: {project_pixels_problem(pixels, 0)}")
     if project.lora is not None:
         _check_safetensors(project.lora.data, project.lora.key)
     g = project.generation
@@ -316,7 +356,6 @@ def _check_before_writing(project: Project) -> None:
             g.validate()
         except InvalidRequest as exc:
             raise ProjectError(f"cannot save the generation: {exc}") from exc
-        h, w = project.original.shape[:2]
         if (g.width, g.height) != (w, h):
             raise ProjectError(
                 f"cannot save: the image is {w}×{h}, the generation {g.width}×{g.height}"
@@ -325,11 +364,32 @@ def _check_before_writing(project: Project) -> None:
             raise ProjectError("cannot save: the generation's latents are too large")
 
 
+def encode_project(project: Project, *, compress_level: int = 6) -> list[tuple[str, bytes, int]]:
+    """The members ``save_project`` writes, already checked by the reader's own rules.
+
+    Images that compress extremely well (blank areas) could make the file too small for the
+    pixels it holds (the reader's decompression-bomb rule); then the PNGs are stored without
+    compression, which always satisfies it. Finally the members are read back the way
+    :func:`read_project` reads them, minus decoding pixels, so a file that saves also opens.
+    """
+    _check_before_writing(project)
+    members = _members(project, compress_level)
+    h, w = project.original.shape[:2]
+    pixels = project_pixels(w, h, len(project.history), project.mask is not None)
+    if project_pixels_problem(pixels, sum(len(d) for _, d, _ in members)) and compress_level:
+        members = _members(project, 0)
+    archive = _MemberArchive(members)
+    try:
+        _project(archive)
+    except ProjectError as exc:
+        raise ProjectError(f"cannot save: {exc}") from None
+    return members
+
+
 def save_project(project: Project, path: str | Path, *, compress_level: int = 6) -> None:
     """Write ``project`` to ``path`` atomically; on any failure the old file is untouched."""
     path = Path(path)
-    _check_before_writing(project)
-    members = _members(project, compress_level)
+    members = encode_project(project, compress_level=compress_level)
     try:
         with atomic_file(path, sync_folder=True) as f, zipfile.ZipFile(f, "w") as zf:
             for name, data, compression in members:
@@ -367,7 +427,17 @@ def _text(value: Any, where: str, most: int = MAX_TEXT) -> str:
         raise _fail(where, f"expected text, got {type(value).__name__}")
     if len(value) > most:
         raise _fail(where, f"too long ({len(value)} characters; {most} at most)")
+    if not _is_unicode(value):
+        raise _fail(where, "contains a lone surrogate (not valid Unicode text)")
     return value
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _int(value: Any, where: str, lo: int, hi: int) -> int:
@@ -421,9 +491,14 @@ def _reject_constant(name: str) -> Any:
 
 def _parse_json(data: bytes, where: str) -> Any:
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        # "\ud800" escapes decode to lone surrogates, which no later save could write back.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(where, "contains text that is not valid Unicode (a lone surrogate)") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(where, f"not valid JSON ({exc})") from None
+    return value
 
 
 def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
@@ -506,8 +581,12 @@ def _allowed(name: str) -> bool:
 class _Archive:
     """The zip's members by name, checked against the allow-list and the size limits."""
 
-    def __init__(self, zf: zipfile.ZipFile) -> None:
+    decode = True
+    """Whether images are decoded (the writer's check only reads their headers)."""
+
+    def __init__(self, zf: zipfile.ZipFile, file_bytes: int) -> None:
         self.zf = zf
+        self.file_bytes = file_bytes
         self.infos: dict[str, zipfile.ZipInfo] = {}
         total = 0
         infos = zf.infolist()
@@ -534,6 +613,9 @@ class _Archive:
     def has(self, name: str) -> bool:
         return name in self.infos
 
+    def names(self) -> list[str]:
+        return list(self.infos)
+
     def read(self, name: str) -> bytes:
         """Read a member without trusting its declared size (decompress at most the limit)."""
         info = self.infos.get(name)
@@ -550,42 +632,70 @@ class _Archive:
         return data
 
 
-def _decode_png(data: bytes, where: str, size: tuple[int, int] | None, mask: bool) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+class _MemberArchive:
+    """Members about to be written, read back by the same code (images: headers only)."""
+
+    decode = False
+
+    def __init__(self, members: list[tuple[str, bytes, int]]) -> None:
+        self.members = {name: data for name, data, _ in members}
+        self.file_bytes = sum(len(d) for d in self.members.values())
+        for name, data in self.members.items():
+            if len(data) > _limit(name):
+                raise ProjectError(f"cannot save: {name} would be too large ({len(data)} bytes)")
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def names(self) -> list[str]:
+        return list(self.members)
+
+    def read(self, name: str) -> bytes:
+        return self.members[name]
+
+
+Archive = _Archive | _MemberArchive
+
+
+def _decode_png(
+    data: bytes, where: str, size: tuple[int, int] | None, mask: bool, decode: bool = True
+) -> np.ndarray:
+    """A member PNG as pixels, after its header is checked (``decode=False``: a zero-cost
+    stand-in of the right shape, for the writer's check)."""
+    try:
+        with open_image(data, formats=PNG_ONLY, photo=False) as im:
             w, h = im.size
             if size is not None and (w, h) != size:
                 raise _fail(where, f"is {w}×{h}, the manifest says {size[0]}×{size[1]}")
-            if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE) or w * h > MAX_PIXELS:
-                raise _fail(where, f"has an unsupported size {w}×{h}")
             if mask:
                 if im.mode not in ("1", "L"):
                     raise _fail(where, f"must be a black-and-white PNG, not {im.mode}")
+                if not decode:
+                    return np.broadcast_to(np.zeros((), bool), (h, w))
                 im.load()
                 return np.asarray(im.convert("L")) > 0
             if im.mode != "RGB":
                 raise _fail(where, f"must be an 8-bit RGB PNG, not {im.mode}")
+            if not decode:
+                return np.broadcast_to(np.zeros((), np.uint8), (h, w, 3))
             im.load()
             return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+    except ImageRefused as exc:
+        raise _fail(where, str(exc)) from None
 
 
 def _history(
-    raw: Any, archive: _Archive, original: np.ndarray, size: tuple[int, int]
+    items: list[Any], archive: Archive, original: np.ndarray, size: tuple[int, int]
 ) -> tuple[HistoryEntry, ...]:
     entries: list[HistoryEntry] = []
     before = original
-    items = _list(raw, "history", MAX_HISTORY)
-    per_image = original.nbytes
-    if per_image * (len(items) + 1) > MAX_DECODED_BYTES:
-        raise ProjectError("the history holds too many results for an image this large")
     for n, item in enumerate(items, 1):
         where = f"history[{n}]"
         d = _obj(item, where)
         name = _text(d.get("result"), f"{where}.result", 64)
         if name != f"results/{n:04d}.png":
             raise _fail(f"{where}.result", f"expected results/{n:04d}.png, got {name!r}")
-        after = _decode_png(archive.read(name), name, size, mask=False)
+        after = _decode_png(archive.read(name), name, size, False, archive.decode)
         handles = _list(d.get("final_handles", []), f"{where}.final_handles", MAX_PAIRS)
         entries.append(
             HistoryEntry(
@@ -608,7 +718,7 @@ def _history(
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _lora(raw: Any, archive: _Archive) -> BundledLora | None:
+def _lora(raw: Any, archive: Archive) -> BundledLora | None:
     if raw is None:
         return None
     d = _obj(raw, "lora")
@@ -661,7 +771,7 @@ def _latents(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def _generation(raw: Any, archive: _Archive, size: tuple[int, int]) -> Generation | None:
+def _generation(raw: Any, archive: Archive, size: tuple[int, int]) -> Generation | None:
     if raw is None:
         return None
     d = _obj(raw, "generation")
@@ -693,7 +803,7 @@ def _generation(raw: Any, archive: _Archive, size: tuple[int, int]) -> Generatio
     return generation
 
 
-def _project(archive: _Archive) -> Project:
+def _project(archive: Archive) -> Project:
     manifest = _obj(_parse_json(archive.read(MANIFEST), MANIFEST), MANIFEST)
     if manifest.get("format") != FORMAT:
         raise ProjectError(f"{MANIFEST} does not describe a DragStudio project")
@@ -702,21 +812,28 @@ def _project(archive: _Archive) -> Project:
     if image.get("file") != IMAGE:
         raise _fail("image.file", f"expected {IMAGE!r}")
     size = (
-        _int(image.get("width"), "image.width", 16, MAX_SIDE),
-        _int(image.get("height"), "image.height", 16, MAX_SIDE),
+        _int(image.get("width"), "image.width", limits.MIN_SIDE, MAX_SIDE),
+        _int(image.get("height"), "image.height", limits.MIN_SIDE, MAX_SIDE),
     )
-    if size[0] * size[1] > MAX_PIXELS:
-        raise _fail("image", f"{size[0]}×{size[1]} has too many pixels")
-    original = _decode_png(archive.read(IMAGE), IMAGE, size, mask=False)
-    mask = None
+    problem = limits.image_problem(*size)
+    if problem:
+        raise _fail("image", problem)
     mask_name = manifest.get("mask")
+    if mask_name is not None and mask_name != MASK:
+        raise _fail("mask", f"expected {MASK!r} or null")
+    items = _list(manifest.get("history", []), "history", MAX_HISTORY)
+    # Before decoding anything: what all images together will cost, against the file's size.
+    pixels = project_pixels(*size, len(items), mask_name is not None)
+    problem = project_pixels_problem(pixels, archive.file_bytes)
+    if problem:
+        raise _fail("", f"the project is refused: {problem}")
+    original = _decode_png(archive.read(IMAGE), IMAGE, size, False, archive.decode)
+    mask = None
     if mask_name is not None:
-        if mask_name != MASK:
-            raise _fail("mask", f"expected {MASK!r} or null")
-        mask = _decode_png(archive.read(MASK), MASK, size, mask=True)
-    history = _history(manifest.get("history", []), archive, original, size)
+        mask = _decode_png(archive.read(MASK), MASK, size, True, archive.decode)
+    history = _history(items, archive, original, size)
     names = {f"results/{n:04d}.png" for n in range(1, len(history) + 1)}
-    extra = [n for n in archive.infos if _RESULT.match(n) and n not in names]
+    extra = [n for n in archive.names() if _RESULT.match(n) and n not in names]
     if extra:
         raise ProjectError(f"{extra[0]} is not listed in the history")
     lora = _lora(manifest.get("lora"), archive)
@@ -731,7 +848,7 @@ def _project(archive: _Archive) -> Project:
         original=original,
         mask=mask,
         pairs=_pairs(manifest.get("pairs", []), "pairs", size),
-        prompt=_text(manifest.get("prompt", ""), "prompt"),
+        prompt=_text(manifest.get("prompt", ""), "prompt", MAX_SESSION_TEXT),
         params=_params(DragParams, manifest.get("params"), "params"),
         lora_params=_params(LoraParams, manifest.get("lora_params"), "lora_params"),
         model=_model(manifest.get("model")),
@@ -763,7 +880,7 @@ def read_project(path: str | Path) -> Project:
         raise ProjectError(f"{path.name} is too large to be a DragStudio project")
     try:
         with zipfile.ZipFile(path) as zf:
-            return _project(_Archive(zf))
+            return _project(_Archive(zf, size))
     except ProjectError as exc:
         raise ProjectError(f"{path.name}: {exc}") from None
     except (
@@ -777,6 +894,7 @@ def read_project(path: str | Path) -> Project:
         SyntaxError,  # Pillow reports some broken PNG chunks this way
         NotImplementedError,
         Image.DecompressionBombError,
+        MemoryError,
     ) as exc:
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ProjectError(

@@ -173,7 +173,7 @@ HOSTILE = {
                          "manifest says"),
     "rgba image": (lambda m: {**m, "image.png": _png(np.zeros((32, 40, 4), np.uint8))},
                    "RGB PNG"),
-    "not png": (lambda m: {**m, "image.png": b"GIF89a" + bytes(100)}, "damaged"),
+    "not png": (lambda m: {**m, "image.png": b"GIF89a" + bytes(100)}, "not an image"),
     "lora header": (lambda m: {**m, "lora/adapter.safetensors": b"\xff" * 64}, "header"),
     "too many results": (lambda m: _with_manifest(lambda d: d.update(history=[{}] * 501)),
                          "too many"),

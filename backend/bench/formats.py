@@ -88,7 +88,7 @@ def discover(root: Path) -> list[tuple[Path, str]]:
 
 
 def _load_drag100(folder: Path) -> tuple[str, tuple[PointPair, ...], np.ndarray, Path]:
-    from PIL import Image, UnidentifiedImageError
+    from backend.imagefile import DECODE_ERRORS, open_image
 
     try:
         data = json.loads((folder / "points.json").read_text())
@@ -98,9 +98,9 @@ def _load_drag100(folder: Path) -> tuple[str, tuple[PointPair, ...], np.ndarray,
         raise InvalidRequest(f'{folder}/points.json: expected {{"points": [[x, y], ...]}}')
     pairs = _pairs(data["points"], str(folder))
     try:
-        with Image.open(folder / "mask.png") as im:
+        with open_image(folder / "mask.png", photo=False) as im:
             mask = np.asarray(im.convert("L")) > 127
-    except (OSError, UnidentifiedImageError) as exc:
+    except (InvalidRequest, *DECODE_ERRORS) as exc:
         raise InvalidRequest(f"cannot read {folder}/mask.png: {exc}") from exc
     return "", pairs, mask, folder / "original.jpg"
 
