@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import __version__
-from backend.errors import Cancelled, DragStudioError, InvalidRequest
+from backend.errors import Cancelled, DragStudioError, InvalidRequest, ModelNotFound
 from backend.params import add_param_flags, apply_param_flags
 
 EXIT_USAGE = 2
@@ -35,6 +36,25 @@ def _pair(text: str) -> tuple[float, float, float, float]:
     if not all(v == v and abs(v) != float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"coordinates must be finite, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+_PAIR_VALUE = re.compile(r"^-[0-9.]")
+
+
+def _attach_pair_values(argv: Sequence[str]) -> list[str]:
+    """``--pair -1,5,10,10`` → ``--pair=-1,5,10,10``: argparse would take a value starting
+    with ``-`` for an option and report a missing argument."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] == "--pair" and i + 1 < len(args) and _PAIR_VALUE.match(args[i + 1]):
+            out.append(f"--pair={args[i + 1]}")
+            i += 2
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="OUT.dragstudio",
         help="save the session (photo, result, points, parameters, trained LoRA) as a project",
+    )
+    edit.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="with --project: let the model the project names be fetched from the Hugging Face "
+        "hub (a project file never triggers a download by itself)",
     )
     edit.add_argument("--quiet", action="store_true", help="print nothing but errors")
     from backend.server.cli_args import add_server_args
@@ -257,26 +283,35 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"cannot write {out.name}: use .png, .jpg or .webp")
     if args.save_project is not None and not args.save_project.parent.is_dir():
         raise InvalidRequest(f"the folder {args.save_project.parent} does not exist")
+    # A model named by the command line may be fetched; one named only by a file may not.
+    allow_download = args.allow_download or project is None or args.model is not None
     engine = remote_engine(args)
     if engine is None:
         from backend.engine import Engine
         from backend.lora_cache import LoraCache
 
         cache = None if args.no_lora_cache else LoraCache(args.lora_cache)
-        engine = Engine(args.device, lora_cache=cache, single_file_config=args.model_config)
-    bundled = None
-    if project is not None and args.server is not None:
-        fits = project.lora is not None and project.lora.mismatch(request) is None
-        engine.offer_lora(project.lora.data if fits and project.lora else None)
-    elif project is not None:
-        from backend.project_cli import install_bundled_lora
-
-        bundled = install_bundled_lora(engine, project, request)
-        if bundled.get("why") and not args.quiet:
-            print(f"retraining the project's LoRA: {bundled['why']}", file=sys.stderr)
+        engine = Engine(
+            args.device,
+            lora_cache=cache,
+            single_file_config=args.model_config,
+            allow_download=allow_download,
+        )
     try:
+        bundled = None
+        if project is not None and args.server is not None:
+            fits = project.lora is not None and project.lora.mismatch(request) is None
+            engine.offer_lora(project.lora.data if fits and project.lora else None)
+        elif project is not None:
+            from backend.project_cli import install_bundled_lora
+
+            bundled = install_bundled_lora(engine, project, request)
+            if bundled.get("why") and not args.quiet:
+                print(f"retraining the project's LoRA: {bundled['why']}", file=sys.stderr)
         result = engine.edit(request, _Printer(args.quiet))
         trace = result.trace.to_dict()
+        if result.trace.lora.cache_warning:
+            print(f"dragstudio-cli: warning: {result.trace.lora.cache_warning}", file=sys.stderr)
         if bundled is not None:
             trace["project_lora"] = bundled
         save_image(result.image, out)
@@ -288,6 +323,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
                 request, result.image, result.trace, project, engine.export_lora
             )
             save(args.save_project, after, args.quiet)
+    except ModelNotFound as exc:
+        if allow_download:
+            raise
+        raise ModelNotFound(
+            f"{exc} (the project names the model {request.model!r}: downloads are off unless "
+            "you pass --allow-download)"
+        ) from exc
     finally:
         _close(engine)
     if args.trace is not None:
@@ -307,7 +349,7 @@ COMMANDS = {"make-tiny-model": cmd_make_tiny_model, "edit": cmd_edit}
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_pair_values(sys.argv[1:] if argv is None else argv))
     _quiet_libraries()
     try:
         return COMMANDS[args.command](args)

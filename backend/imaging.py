@@ -11,11 +11,27 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from backend import limits
+from backend.errors import InvalidRequest
+
 
 def working_size(width: int, height: int, working_width: int = 512) -> tuple[int, int]:
-    """``(W, H)`` to edit at: ``working_width`` wide, height scaled and rounded to 8, ≥ 64."""
+    """``(W, H)`` to edit at: ``working_width`` wide, height scaled and rounded to 8, ≥ 64.
+
+    Both sides are bounded: an image taller than it is wide is edited with its long side at
+    most ``max(MAX_WORKING_SIDE, working_width)`` (so a 17×9999 strip does not become
+    512×301,144), and sides more unequal than ``MAX_ASPECT`` are refused with a message.
+    Ordinary photos (up to 4:1 at the default width) are unchanged.
+    """
+    problem = limits.aspect_problem(width, height)
+    if problem:
+        raise InvalidRequest(f"cannot edit this image: {problem}")
+    longest = max(limits.MAX_WORKING_SIDE, working_width)
     h = max(64, round(working_width * height / width / 8.0) * 8)
-    return working_width, h
+    if h <= longest:
+        return working_width, h
+    w = max(64, round(longest * width / height / 8.0) * 8)
+    return w, longest
 
 
 def to_model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -216,14 +216,14 @@ def load_pipeline(
             "hub": f"'{source.location}' in the Hugging Face cache or on the hub",
         }[source.kind]
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (
-            "Is it a Stable Diffusion 1.x checkpoint? Pass --model-config with the diffusers "
-            "folder of its base model"
-            if source.kind == "file"
-            else f"Download it with `hf download "
-            f"{source.location if source.kind == 'hub' else 'OWNER/NAME'}`, or pass a local "
-            "diffusers folder or .safetensors file with --model"
-        )
+        hint = {
+            "file": "Is it a Stable Diffusion 1.x checkpoint? Pass --model-config with the "
+            "diffusers folder of its base model",
+            "folder": "Is it a complete Stable Diffusion 1.x diffusers pipeline (model_index.json, "
+            "unet/, vae/, text_encoder/, tokenizer/, scheduler/)?",
+            "hub": f"Download it with `hf download {source.location}`, or pass a local "
+            "diffusers folder or .safetensors file with --model",
+        }[source.kind]
         raise ModelNotFound(f"could not load {what}: {reason[:300]}. {hint}") from exc
 
     # DragDiffusion works with DDIM whatever scheduler the checkpoint shipped with; keep the

@@ -70,7 +70,14 @@ def default_engine_factory(
         from backend.lora_cache import LoraCache
 
         cache = lora_cache or LoraCache(Path(lora_cache_dir) if lora_cache_dir else None)
-        return Engine(device, lora_cache=cache, single_file_config=single_file_config)
+        # Never fetch from the hub by itself (a project file names its model): a missing model
+        # fails to load, and the window asks, showing the repo id, before downloading it.
+        return Engine(
+            device,
+            lora_cache=cache,
+            single_file_config=single_file_config,
+            allow_download=False,
+        )
 
     return make
 
