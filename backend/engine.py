@@ -604,9 +604,23 @@ class Engine:
                 remove_adapter(unet)
                 raise
             self.caches.lora = LoraInfo(key, params, state)
-            if self.lora_cache is not None:
-                cache_lora(self.lora_cache, key, state, params)
-        return LoraOutcome(params.steps, False, "trained", key)
+            warning = self._store_lora(key, state, params)
+        return LoraOutcome(params.steps, False, "trained", key, cache_warning=warning)
+
+    def _store_lora(self, key: str, state: dict[str, torch.Tensor], params: LoraParams) -> str:
+        """Keep a trained LoRA in the cache; the cache is an optimisation, so a failure to
+        write it (disk full, the folder is a file) is reported, never fatal to the edit."""
+        if self.lora_cache is None:
+            return ""
+        try:
+            cache_lora(self.lora_cache, key, state, params)
+        except (OSError, ValueError, DragStudioError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            return (
+                f"the LoRA cache could not store the trained LoRA ({reason}); a later edit of "
+                "this image will train it again"
+            )
+        return ""
 
     @torch.no_grad()
     def _encode(self, image: np.ndarray, digest: str, size: tuple[int, int]) -> torch.Tensor:

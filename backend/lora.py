@@ -72,16 +72,41 @@ def adapter_state(unet: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
+def state_problem(
+    state: dict[str, torch.Tensor], expected: dict[str, tuple[torch.Size, torch.dtype]]
+) -> str | None:
+    """Why ``state`` cannot be this model's adapter: keys, shapes, dtypes, finite values."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        names = (missing or extra)[:2]
+        what = "lacks" if missing else "has unexpected"
+        return f"it {what} weights for this model ({', '.join(n[:80] for n in names)}…)"
+    for name, (shape, _dtype) in expected.items():
+        t = state[name]
+        if t.shape != shape:
+            return f"{name[:80]} has shape {tuple(t.shape)}, the model needs {tuple(shape)}"
+        if not t.dtype.is_floating_point:
+            return f"{name[:80]} holds {t.dtype}, not floating-point weights"
+        if not bool(torch.isfinite(t).all()):
+            return f"{name[:80]} contains NaN or infinity"
+    return None
+
+
 def load_adapter_state(unet: Any, params: LoraParams, state: dict[str, torch.Tensor]) -> None:
-    """Attach an adapter with ``params``'s shape and load ``state`` into it, strictly."""
+    """Attach an adapter with ``params``'s shape and load ``state`` into it, strictly.
+
+    Keys, shapes, dtypes and finiteness are checked first: a LoRA that parses but cannot be
+    used raises :class:`DragStudioError` saying why, and leaves no adapter attached.
+    """
     from peft.utils import set_peft_model_state_dict
 
     attach_fresh_adapter(unet, params)
-    expected = {k: v.shape for k, v in adapter_state(unet).items()}
-    supplied = {k: v.shape for k, v in state.items()}
-    if expected != supplied:
+    expected = {k: (v.shape, v.dtype) for k, v in adapter_state(unet).items()}
+    problem = state_problem(state, expected)
+    if problem:
         remove_adapter(unet)
-        raise DragStudioError("the saved LoRA does not fit this model or its parameters")
+        raise DragStudioError(f"the saved LoRA does not fit this model: {problem}")
     set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
 
 
@@ -105,35 +130,42 @@ def lora_to_bytes(state: dict[str, torch.Tensor], params: LoraParams, key: str) 
     return save(state, metadata=metadata)
 
 
-def lora_from_bytes(data: bytes) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
-    """Read what :func:`lora_to_bytes` made (safetensors: no code runs on load)."""
+def lora_from_bytes(
+    data: bytes, name: str = "the LoRA"
+) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
+    """Read what :func:`lora_to_bytes` made (safetensors: no code runs on load); errors name
+    ``name`` (e.g. the project member), not the private temporary file."""
     import tempfile
 
     # safe_open wants a file; a private temporary one keeps memory use to one copy.
     with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
         f.write(data)
         f.flush()
-        return read_lora(Path(f.name))
+        return read_lora(Path(f.name), name)
 
 
-def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
+def read_lora(
+    path: Path, name: str | None = None
+) -> tuple[dict[str, torch.Tensor], LoraParams, str]:
     """Read a LoRA written by :func:`save_lora` (safetensors: no code runs on load)."""
     from safetensors import safe_open
 
     from backend.request import params_from_dict
 
+    label = name or path.name
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         if metadata.get("format") != "dragstudio-lora":
-            raise DragStudioError(f"{path.name} is not a DragStudio LoRA")
+            raise DragStudioError(f"{label} is not a DragStudio LoRA")
         params = params_from_dict(LoraParams, json.loads(metadata.get("params", "{}")))
         return state, params, metadata.get("key", "")
     except DragStudioError:
         raise
     except Exception as exc:
-        raise DragStudioError(f"cannot read the LoRA {path.name}: {exc}") from exc
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DragStudioError(f"cannot read {label}: {detail}") from exc
 
 
 def cached_lora(cache: LoraCache, key: str) -> tuple[dict[str, torch.Tensor], LoraParams] | None:

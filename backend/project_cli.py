@@ -14,9 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from backend.errors import InvalidRequest
+from backend.errors import DragStudioError, InvalidRequest
 from backend.params import apply_param_flags
 from backend.project import (
+    LORA,
+    BundledLora,
     Project,
     describe,
     read_project,
@@ -77,7 +79,18 @@ def install_bundled_lora(engine: Any, project: Project, request: DragRequest) ->
 
     Returns what happened, for the trace. Loading the model first is free: ``edit`` would.
     """
-    bundled = project.lora
+    return install_bundled(engine, project.lora, request)
+
+
+def install_bundled(
+    engine: Any, bundled: BundledLora | None, request: DragRequest
+) -> dict[str, Any]:
+    """Install a document's LoRA into the engine's memory (never the shared cache) if usable.
+
+    It is used only when its key is the one the engine computes for ``request`` and it passes
+    a full check against the loaded model (keys, shapes, dtypes, finite values, its metadata's
+    parameters); otherwise the result says which member and why, and the edit retrains.
+    """
     if bundled is None:
         return {"bundled": False}
     if request.lora.steps == 0:
@@ -89,8 +102,17 @@ def install_bundled_lora(engine: Any, project: Project, request: DragRequest) ->
     if key != bundled.key:
         why = bundled.mismatch(request) or "the model's weights differ from the ones it was made on"
         return {"bundled": True, "used": False, "why": why}
-    state, params, _ = lora_from_bytes(bundled.data)
-    engine.install_lora(key, params, state)
+    try:
+        state, params, stored_key = lora_from_bytes(bundled.data, LORA)
+        if stored_key != key:
+            raise DragStudioError("its metadata names another key")
+        if params != request.lora:
+            raise DragStudioError("its metadata's parameters differ from the project's")
+        engine.install_lora(key, params, state)
+    except DragStudioError as exc:
+        text = str(exc)
+        why = text if text.startswith(LORA) else f"{LORA} is unusable: {text}"
+        return {"bundled": True, "used": False, "why": why}
     return {"bundled": True, "used": True}
 
 

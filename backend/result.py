@@ -28,11 +28,15 @@ class LoraOutcome:
     source: LoraSource
     key: str | None = None
     """The LoRA key (:func:`backend.lora.lora_key`); None when no LoRA was used."""
+    cache_warning: str = ""
+    """Why a freshly trained LoRA could not be kept in the cache (the edit went on)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"steps": self.steps, "cached": self.cached, "source": self.source}
         if self.key is not None:
             out["key"] = self.key
+        if self.cache_warning:
+            out["cache_warning"] = self.cache_warning
         return out
 
 

@@ -1,11 +1,12 @@
 """The window's File side: projects (save, open, recent), export, autosave and recovery.
 
 Projects are read and written by the Qt-free :mod:`backend.project`; nothing here touches
-torch. The trained LoRA travels between the engine and projects through the on-disk LoRA
-cache: the engine stores every LoRA it trains there under its key (the trace names it), a save
-bundles that file's bytes, and opening a project puts its bundled LoRA back under the same key,
-so the next drag finds it and skips fine-tuning. If the key no longer matches (another prompt,
-model or image), the engine retrains and the status bar says why.
+torch. A LoRA this machine trained reaches a project through the on-disk LoRA cache (the trace
+names its key; a save bundles that file's bytes). A project's bundled LoRA never enters the
+shared cache: it stays with the document, and the engine host installs it into the engine's
+memory for this document's drags after checking it fully against the model. If its key no
+longer matches (another prompt, model or image) or it is unusable, the engine retrains and the
+status bar says why.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class ProjectUI:
         self.timer.timeout.connect(self.autosave)
         self.timer.start()
         runner = window.drag_ui.runner
+        window.drag_ui.host.document_lora = lambda: self.bundled
         runner.resultChanged.connect(self._result_changed)
         runner.stageStarted.connect(self._stage_started)
         self._history_len = 0
@@ -160,11 +162,8 @@ class ProjectUI:
         w.undo_stack.clear()
         self._history_len = len(w.document.history)
         self.path = None if recovered else path
-        self.bundled = project.lora
+        self.bundled = project.lora  # it stays with the document: never the shared cache
         self._trained = None
-        if project.lora is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self.cache.put_bytes(project.lora.key, project.lora.data)
         if recovered:
             w.undo_stack.resetClean()  # recovered work is unsaved work
         else:
@@ -357,9 +356,12 @@ class ProjectUI:
     def _result_changed(self, pending: PendingResult | None) -> None:
         if pending is None:
             return
-        key = pending.trace.lora.key
+        lora = pending.trace.lora
+        key = lora.key
         if key:
             self._trained = (str(key), pending)
+        if lora.cache_warning:
+            self.window.statusBar().showMessage(f"Warning: {lora.cache_warning}", 10000)
 
     def _stage_started(self, event: StageStarted) -> None:
         bundled = self.bundled
@@ -369,7 +371,12 @@ class ProjectUI:
             request = self.window.drag_ui.runner.build_request()
         except DragStudioError:
             return
-        why = bundled.mismatch(request) or "the model's weights differ from the ones it fitted"
+        report = self.window.drag_ui.host.bundled_report
+        why = (
+            report.get("why")
+            or bundled.mismatch(request)
+            or "the model's weights differ from the ones it fitted"
+        )
         message = f"Retraining the LoRA from the project: {why}."
         self.window.drag_ui.progress.status.setText(message)
         self.window.statusBar().showMessage(message, 10000)

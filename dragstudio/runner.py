@@ -202,6 +202,12 @@ class EngineHost(BusyNotifier):
         self._futures: set[Future[Any]] = set()
         self.loaded_model: str | None = None
         self._busy_listeners = []
+        self.document_lora: Callable[[], Any] | None = None
+        """The open document's bundled LoRA, if any (set by the window's project side)."""
+        self.bundled_report: dict[str, Any] = {}
+        """What became of the document's LoRA in the last edit (used, or why not)."""
+        self._installed_bundle: str | None = None
+        """Key of a document's LoRA the engine holds in memory (never in the shared cache)."""
         self.engine_thread: int | None = None
         """Ident of the thread that owns the engine, once it exists (tests check it)."""
 
@@ -274,6 +280,8 @@ class EngineHost(BusyNotifier):
     ) -> Outcome:
         """Run one edit; its events go to ``listener(job_id, event)`` on this loop's thread."""
 
+        bundled = None if self.document_lora is None or retrain_lora else self.document_lora()
+
         def work(engine: EngineLike, token: CancelTokenLike, emit: Callable[[Event], None]) -> Any:
             if retrain_lora:
                 engine.load_model(request.model)
@@ -282,9 +290,30 @@ class EngineHost(BusyNotifier):
                 key_for = getattr(engine, "lora_key_for", None)
                 if cache is not None and key_for is not None:
                     cache.drop(key_for(request))
+            self._use_document_lora(engine, bundled, request)
             return engine.edit(request, emit, token)
 
         return await self._submit(work, listener)
+
+    def _use_document_lora(self, engine: Any, bundled: Any, request: DragRequest) -> None:
+        """On the engine thread: a document's LoRA goes into the engine's memory for its own
+        document's edits only, after a full check; another document never sees it."""
+        held = self._installed_bundle
+        current = getattr(engine, "current_lora", None)
+        if held is not None and (bundled is None or bundled.key != held):
+            if current is not None and current.key == held:
+                engine.forget_lora()
+            self._installed_bundle = None
+        self.bundled_report = {}
+        if bundled is None or not hasattr(engine, "install_lora"):
+            return
+        if self._installed_bundle == bundled.key and getattr(current, "key", None) == bundled.key:
+            return  # still in memory from this document's last edit
+        from backend.project_cli import install_bundled
+
+        self.bundled_report = install_bundled(engine, bundled, request)
+        if self.bundled_report.get("used"):
+            self._installed_bundle = bundled.key
 
     async def run_generate(
         self, generation: Any, model: str, listener: Listener | None = None
