@@ -1,15 +1,19 @@
 """Export edited images as PNG, JPEG or WebP with the edit recorded in the file's metadata.
 
-PNG keeps the record in an ``iTXt`` chunk named ``dragstudio``; JPEG and WebP in the EXIF
-``UserComment`` (ASCII-prefixed JSON), where photo tools show it. The record names the points,
-prompt, parameters and model, so an exported picture says how it was made. Files are written
-atomically, like projects, so an interrupted export never leaves half a picture.
+PNG keeps the record in an ``iTXt`` chunk named ``dragstudio``, WebP in its XMP packet; JPEG and
+WebP also carry it in the EXIF ``UserComment`` (ASCII-prefixed JSON), where photo tools show it.
+EXIF must fit one 64 KB JPEG segment, so it holds a summary when the full record (a long
+history) is larger: the current edit and how many drags were accepted. The record names the
+points, prompt, parameters and model, so an exported picture says how it was made. Files are
+written atomically, like projects, so an interrupted export never leaves half a picture.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +73,45 @@ def entry_record(entry: HistoryEntry) -> dict[str, Any]:
     return edit_record(entry.pairs, entry.prompt, entry.params, entry.lora, entry.model)
 
 
+MAX_EXIF_TEXT = 60_000
+"""JPEG's APP1 segment holds 65,533 bytes; the rest of the EXIF block needs the difference."""
+_XMP_NS = "https://github.com/dragstudio/ns/1.0/"
+
+
+def exif_text(record: dict[str, Any]) -> str:
+    """The record for EXIF: whole when it fits, else a summary that always does."""
+    text = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+    if len(text) <= MAX_EXIF_TEXT:
+        return text
+    drags = record.get("accepted_drags", [])
+    summary = {**record, "accepted_drags": len(drags), "summary": True}
+    text = json.dumps(summary, ensure_ascii=True, separators=(",", ":"))
+    if len(text) <= MAX_EXIF_TEXT:
+        return text
+    keep = ("software", "model", "params", "lora_params")
+    summary = {k: record[k] for k in keep if k in record}
+    summary.update(pairs=len(record.get("pairs", [])), accepted_drags=len(drags), summary=True)
+    return json.dumps(summary, ensure_ascii=True, separators=(",", ":"))
+
+
+def _xmp(text: str) -> bytes:
+    value = html.escape(text, quote=True)
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        f'xmlns:dragstudio="{_XMP_NS}" dragstudio:record="{value}"/></rdf:RDF></x:xmpmeta>'
+    ).encode()
+
+
+def _from_xmp(xmp: Any) -> str | None:
+    if isinstance(xmp, bytes):
+        xmp = xmp.decode("utf-8", "replace")
+    if not isinstance(xmp, str):
+        return None
+    found = re.search(r'dragstudio:record="([^"]*)"', xmp)
+    return html.unescape(found.group(1)) if found else None
+
+
 def encode(image: np.ndarray, fmt: str, record: dict[str, Any], quality: int = 92) -> bytes:
     """The image in ``fmt`` ("PNG", "JPEG", "WEBP") with ``record`` embedded."""
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.dtype == np.uint8):
@@ -85,9 +128,16 @@ def encode(image: np.ndarray, fmt: str, record: dict[str, Any], quality: int = 9
         quality = max(1, min(100, int(quality)))
         exif = Image.Exif()
         exif[_SOFTWARE] = f"DragStudio {__version__}"
-        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _ASCII + text.encode("ascii")
-        extra = {"subsampling": 0} if fmt == "JPEG" and quality >= 90 else {}
-        pil.save(buf, format=fmt, quality=quality, exif=exif.tobytes(), **extra)
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _ASCII + exif_text(record).encode("ascii")
+        extra: dict[str, Any] = {}
+        if fmt == "JPEG" and quality >= 90:
+            extra["subsampling"] = 0
+        if fmt == "WEBP":
+            extra["xmp"] = _xmp(text)  # the full record, however long the history
+        try:
+            pil.save(buf, format=fmt, quality=quality, exif=exif.tobytes(), **extra)
+        except (OSError, ValueError) as exc:
+            raise DragStudioError(f"cannot encode the image as {fmt}: {exc}") from exc
     else:
         raise DragStudioError(f"cannot export as {fmt}: use PNG, JPEG or WebP")
     return buf.getvalue()
@@ -105,7 +155,10 @@ def export_image(
 ) -> Path:
     """Write ``image`` (at its full resolution) to ``path`` in the format its suffix names."""
     path = Path(path)
-    data = encode(image, format_for(path), record, quality)
+    try:
+        data = encode(image, format_for(path), record, quality)
+    except DragStudioError as exc:
+        raise DragStudioError(f"cannot export {path.name}: {exc}") from exc
     try:
         write_atomic(path, data)
     except OSError as exc:
@@ -137,7 +190,7 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
 
     with open_image(path, formats=("PNG", "JPEG", "WEBP"), photo=False) as im:
         im.load()
-        text = im.info.get(PNG_KEY)
+        text = im.info.get(PNG_KEY) or _from_xmp(im.info.get("xmp"))
         if text is None:
             comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
             if isinstance(comment, bytes) and comment.startswith(_ASCII):

@@ -51,6 +51,13 @@ def data_dir() -> Path:
     return Path(user_data_dir("DragStudio", appauthor=False))
 
 
+def _reason(exc: BaseException) -> str:
+    """Our errors say what happened; anything else is named with its type."""
+    if isinstance(exc, DragStudioError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def is_project(path: str | Path) -> bool:
     return Path(path).suffix.lower() == SUFFIX
 
@@ -215,8 +222,8 @@ class ProjectUI:
         w = self.window
         try:
             save_project(self.project(), path)
-        except DragStudioError as exc:
-            w.show_error("Cannot save project", str(exc))
+        except Exception as exc:  # every failure gets a dialog; the document stays as it is
+            w.show_error("Cannot save project", _reason(exc))
             return False
         self.path = path
         w.document.path = path
@@ -255,8 +262,8 @@ class ProjectUI:
             save_project(self.project(), self.recovery_file, compress_level=1)
             note = {"project": str(self.path) if self.path else None, "time": time.time()}
             (self.recovery_dir / "recovery.json").write_text(json.dumps(note))
-        except (DragStudioError, OSError) as exc:
-            w.statusBar().showMessage(f"Autosave failed: {exc}", 8000)
+        except Exception as exc:  # autosave never raises into the event loop
+            w.statusBar().showMessage(f"Autosave failed: {_reason(exc)}", 8000)
             return False
         return True
 
@@ -327,8 +334,8 @@ class ProjectUI:
         )
         try:
             export_image(doc.image, path, record, quality=quality)
-        except DragStudioError as exc:
-            self.window.show_error("Cannot export", str(exc))
+        except Exception as exc:
+            self.window.show_error("Cannot export", _reason(exc))
             return False
         self.window.statusBar().showMessage(f"Exported {path.name}", 4000)
         return True
@@ -336,8 +343,8 @@ class ProjectUI:
     def export_series_to(self, path: Path, quality: int = 92) -> list[Path]:
         try:
             paths = export_series(self.window.document.history, path, quality=quality)
-        except DragStudioError as exc:
-            self.window.show_error("Cannot export", str(exc))
+        except Exception as exc:
+            self.window.show_error("Cannot export", _reason(exc))
             return []
         self.window.statusBar().showMessage(f"Exported {len(paths)} results", 4000)
         return paths
