@@ -11,10 +11,7 @@ status bar says why.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +29,7 @@ from backend.session import bundle_lora
 from dragstudio.drag_controller import PendingResult
 from dragstudio.project_dialogs import CacheSettingsDialog
 from dragstudio.qtimage import rgb_to_qimage
+from dragstudio.recovery import RecoveryStore
 
 if TYPE_CHECKING:
     from dragstudio.main_window import MainWindow
@@ -72,6 +70,7 @@ class ProjectUI:
         """The LoRA that belongs with the document: from the opened project or the last drag."""
         self._trained: tuple[str, PendingResult] | None = None
         self.recovery_dir = data_dir() / "recovery"
+        self.recovery = RecoveryStore(self.recovery_dir)
         self._build_actions()
         self.timer = QTimer(window)
         self.timer.setInterval(AUTOSAVE_MS)
@@ -250,7 +249,8 @@ class ProjectUI:
 
     @property
     def recovery_file(self) -> Path:
-        return self.recovery_dir / f"recovery{SUFFIX}"
+        """This instance's own recovery file (other running instances have theirs)."""
+        return self.recovery.project
 
     def autosave(self) -> bool:
         """Write the recovery file when there is unsaved work; quietly, never a dialog."""
@@ -258,36 +258,38 @@ class ProjectUI:
         if not w.document.has_image or w.undo_stack.isClean():
             return False
         try:
-            self.recovery_dir.mkdir(parents=True, exist_ok=True)
-            save_project(self.project(), self.recovery_file, compress_level=1)
-            note = {"project": str(self.path) if self.path else None, "time": time.time()}
-            (self.recovery_dir / "recovery.json").write_text(json.dumps(note))
+            project = self.project()
+            self.recovery.write(lambda p: save_project(project, p, compress_level=1), self.path)
         except Exception as exc:  # autosave never raises into the event loop
             w.statusBar().showMessage(f"Autosave failed: {_reason(exc)}", 8000)
             return False
         return True
 
     def remove_recovery(self) -> None:
-        for name in (self.recovery_file.name, "recovery.json"):
-            with contextlib.suppress(OSError):
-                (self.recovery_dir / name).unlink()
+        self.recovery.remove()
 
     def offer_recovery(self) -> bool:
-        """After a crash: offer the autosaved work. Returns whether it was recovered."""
-        if not self.recovery_file.is_file():
-            return False
-        if not self.window.ask_recover(self.recovery_file):
-            self.remove_recovery()
-            return False
-        ok = self.open_project(self.recovery_file, recovered=True)
-        if ok:
-            with contextlib.suppress(OSError, ValueError, TypeError):
-                note = json.loads((self.recovery_dir / "recovery.json").read_text())
-                if note.get("project"):
-                    self.path = Path(note["project"])
+        """After a crash: offer autosaved work of instances that are no longer running (never a
+        live one's). Returns whether something was recovered."""
+        orphans = self.recovery.orphans()
+        try:
+            while orphans:
+                orphan = orphans.pop(0)
+                if not self.window.ask_recover(orphan.project):
+                    self.recovery.discard(orphan)
+                    continue
+                if not self.open_project(orphan.project, recovered=True):
+                    self.recovery.release([orphan])  # unreadable here: left as it is
+                    continue
+                self.path = orphan.saved_from()
+                if self.path is not None:
                     self.window.document.path = self.path
                     self.window._update_title()
-        return ok
+                self.recovery.adopt(orphan)
+                return True
+            return False
+        finally:
+            self.recovery.release(orphans)
 
     # -- export ------------------------------------------------------------------------------
 
@@ -402,3 +404,4 @@ class ProjectUI:
     def shutdown(self) -> None:
         self.timer.stop()
         self._unsubscribe()
+        self.recovery.close()

@@ -66,6 +66,11 @@ def test_autosave_and_recovery(window, qtbot, settings, tmp_path: Path) -> None:
 
     again = MainWindow(settings)
     qtbot.addWidget(again)
+    asked: list[Path] = []
+    again.ask_recover = lambda path: asked.append(path) or False
+    assert not again.project_ui.offer_recovery()  # the first instance still runs: not offered
+    assert not asked and ui.recovery_file.is_file()  # and its file is not deleted
+    ui.recovery.lock.release()  # as if the first instance were killed
     again.ask_recover = lambda path: True
     assert again.project_ui.offer_recovery()
     assert again.document.mask.all() and not again.undo_stack.isClean()
