@@ -12,10 +12,13 @@ status bar says why.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import QCoreApplication, QEventLoop, QTimer
 from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMenu
 
@@ -34,6 +37,7 @@ from dragstudio.recovery import RecoveryStore
 if TYPE_CHECKING:
     from dragstudio.main_window import MainWindow
 
+T = TypeVar("T")
 PROJECT_FILTER = f"DragStudio projects (*{SUFFIX})"
 EXPORT_FILTERS = "PNG image (*.png);;JPEG image (*.jpg *.jpeg);;WebP image (*.webp)"
 AUTOSAVE_MS = 3 * 60 * 1000
@@ -54,6 +58,22 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, DragStudioError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _off_the_gui_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` on a worker thread; the window keeps painting (user input waits) meanwhile.
+
+    Reading a large project decodes hundreds of megapixels; the GUI must not freeze for it.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="project-read") as pool:
+        future = pool.submit(fn, *args)
+        while True:
+            try:
+                return future.result(timeout=0.03)
+            except FutureTimeout:
+                QCoreApplication.processEvents(
+                    QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents, 30
+                )
 
 
 def is_project(path: str | Path) -> bool:
@@ -154,7 +174,7 @@ class ProjectUI:
         path = Path(path)
         QGuiApplication.setOverrideCursor(self.window.cursor())
         try:
-            project = read_project(path)
+            project = _off_the_gui_thread(read_project, path)
         except DragStudioError as exc:
             self.window.show_error("Cannot open project", str(exc))
             return False

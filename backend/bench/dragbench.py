@@ -7,6 +7,7 @@ exactly three things — numpy arrays, their dtypes and the array reconstructor 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,22 +15,58 @@ from typing import Any
 
 import numpy as np
 
+from backend import limits
 from backend.errors import InvalidRequest
 from backend.request import PointPair
 
 MAX_META_BYTES = 64 * 2**20
 
 
-def _allowed() -> dict[tuple[str, str], Any]:
+class _NdarrayMarker:
+    """Stands for ``numpy.ndarray`` in a pickle: usable only as ``_reconstruct``'s subtype, so
+    the pickle cannot call the class itself with a huge shape."""
+
+
+_NDARRAY = _NdarrayMarker()
+MAX_ARRAY_BYTES = 256 * 2**20
+"""An array the pickle may create: DragBench masks are a few hundred kilobytes."""
+
+
+def _safe_dtype(*args: Any) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object array in a DragBench pickle")
+    return dtype
+
+
+def _reconstructor() -> Any:
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+
+    def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """``_reconstruct`` with the declared size checked before anything is allocated."""
+        if subtype is not _NDARRAY:
+            raise pickle.UnpicklingError("a DragBench pickle may only build plain arrays")
+        dims = (shape,) if isinstance(shape, int) else shape
+        if not isinstance(dims, tuple) or not all(isinstance(d, int) and d >= 0 for d in dims):
+            raise pickle.UnpicklingError("an array's shape must be whole numbers")
+        itemsize = np.dtype(dtype).itemsize if not isinstance(dtype, np.dtype) else dtype.itemsize
+        if math.prod(dims) * max(1, itemsize) > MAX_ARRAY_BYTES:
+            raise pickle.UnpicklingError(f"an array of shape {dims} is too large")
+        return _reconstruct(np.ndarray, shape, dtype)
+
+    return reconstruct
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    reconstruct = _reconstructor()
     return {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _safe_dtype,
     }
 
 
@@ -92,8 +129,10 @@ def load_case(folder: Path) -> BenchCase:
     if not isinstance(prompt, str):
         raise InvalidRequest(f"{folder}: the prompt is not text")
     mask = meta.get("mask")
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
-        raise InvalidRequest(f"{folder}: the mask is not a 2-D array")
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype.hasobject:
+        raise InvalidRequest(f"{folder}: the mask is not a 2-D array of numbers")
+    if mask.size > limits.MAX_PIXELS:
+        raise InvalidRequest(f"{folder}: the mask is {mask.shape[1]}×{mask.shape[0]}, too large")
     return BenchCase(
         name=folder.name,
         category=folder.parent.name,
