@@ -481,7 +481,7 @@ def _params(cls: type, value: Any, where: str) -> Any:
         return params_from_dict(cls, _obj(value, where))
     except InvalidRequest as exc:
         raise _fail(where, str(exc)) from None
-    except (TypeError, ValueError) as exc:  # e.g. an unhashable value in a list field
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. an unhashable list item
         raise _fail(where, f"invalid value ({exc})") from None
 
 
