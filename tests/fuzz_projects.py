@@ -12,6 +12,7 @@ which prints the counts (uncaught exceptions, cases over 10 s, slowest case, pea
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import random
@@ -95,6 +96,7 @@ def _generated() -> Project:
     return project_from_generation(image, g, "tiny")
 
 
+@functools.cache
 def corpus() -> dict[str, bytes]:
     """Valid projects and one file per known attack (issue 13), as zip bytes."""
     full = _members(sample_project())
