@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.atomicio import remove_stale_temporaries
 from backend.project import SUFFIX
 
 PREFIX = "recovery-"
+_TEMPORARY = re.compile(rf"^\.({PREFIX}[0-9a-f-]+{re.escape(SUFFIX)})\.[A-Za-z0-9_]{{8}}\.tmp$")
 LEGACY = f"recovery{SUFFIX}"
 """The single shared file of earlier versions: offered once, like an orphan."""
 
@@ -131,10 +134,21 @@ class RecoveryStore:
         """The instance ends normally (its recovery files were removed or are wanted)."""
         self.lock.release(remove=not self.project.exists())
 
+    def remove_stale_temporaries(self) -> int:
+        """Half-written autosaves of instances killed mid-save (their writers' locks are gone)."""
+        removed = 0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.folder):
+                found = _TEMPORARY.match(name)
+                if found:
+                    removed += remove_stale_temporaries(self.folder / found.group(1))
+        return removed
+
     def orphans(self) -> list[Orphan]:
         """Recovery files of instances that are gone, newest first, each claimed."""
         if not self.folder.is_dir():
             return []
+        self.remove_stale_temporaries()
         found: list[tuple[float, Orphan]] = []
         for path in self.folder.glob(f"{PREFIX}*{SUFFIX}"):
             if path == self.project:

@@ -106,3 +106,15 @@ def test_a_long_history_exports_as_jpeg_and_failures_get_a_dialog(window, tmp_pa
     assert window.errors[-1][0] == "Cannot export"
     window.document.history = list(project.history)
     assert np.array_equal(window.document.image, project.history[-1].after)
+
+
+def test_a_half_written_autosave_of_a_killed_instance_is_cleaned_at_start(tmp_path: Path) -> None:
+    folder = tmp_path / "recovery"
+    folder.mkdir()
+    stale = folder / ".recovery-123-0badf00d.dragstudio.abcd_123.tmp"
+    stale.write_bytes(b"half a zip")
+    mine = folder / ".unrelated.dragstudio.abcd_123.tmp"
+    mine.write_bytes(b"not ours to remove")
+    store = RecoveryStore(folder)
+    assert store.orphans() == []
+    assert not stale.exists() and mine.exists()
