@@ -34,6 +34,7 @@ from backend.cli import main
 from backend.document import HistoryEntry, Pair, load_image
 from backend.errors import InvalidRequest
 from backend.imaging import working_size
+from backend.params import ParamSpec, param_specs
 from backend.project import Project, ProjectError, read_project, save_project
 from backend.request import DragParams, LoraParams
 from tests import fuzz_projects
@@ -370,34 +371,36 @@ _POINT_SIZE = st.tuples(st.integers(1, 48), st.integers(1, 48)).filter(
 
 def _ends(lo: float, hi: float, integer: bool = False) -> st.SearchStrategy:
     inner = st.integers(int(lo), int(hi)) if integer else st.floats(lo, hi)
-    return st.sampled_from([lo, hi]) | inner
+    return st.sampled_from([int(lo), int(hi)] if integer else [lo, hi]) | inner
 
 
-_DRAG = st.builds(
-    DragParams,
-    inference_steps=_ends(2, 1000, True),
-    inversion_strength=st.just(1.0) | st.floats(0.5, 1.0),
-    drag_steps=_ends(0, 10_000, True),
-    latent_lr=_ends(1e-8, 10.0),
-    lam=_ends(0.0, 1e6),
-    r1=_ends(0, 32, True),
-    r2=_ends(0, 64, True),
-    stop_distance=_ends(0.0, 1e4),
-    working_width=st.integers(8, 256).map(lambda n: 8 * n),
-    keep_unmasked_pixels=st.booleans(),
-    preview_every=_ends(0, 10_000, True),
-)
-_LORA = st.builds(
-    LoraParams,
-    steps=_ends(0, 10_000, True),
-    rank=_ends(1, 512, True),
-    alpha=_ends(1e-6, 1e6),
-    learning_rate=_ends(1e-8, 1.0),
-    weight_decay=_ends(0.0, 1.0),
-    batch_size=_ends(1, 64, True),
-    resolution=st.integers(8, 256).map(lambda n: 8 * n),
-    seed=_ends(0, 2**63 - 1, True),
-)
+def _value(spec: ParamSpec) -> st.SearchStrategy:
+    """Any value the one validation accepts, its ends included (from ``backend.params``)."""
+    if spec.kind == "bool":
+        return st.booleans()
+    if spec.kind == "ints":
+        return st.lists(st.integers(int(spec.min), int(spec.max)), max_size=2).map(tuple)
+    if spec.kind == "int":
+        m = spec.multiple_of
+        return _ends(-(-spec.min // m), spec.max // m, True).map(lambda n: int(n * m))
+    return _ends(spec.min, spec.max)
+
+
+def _valid(params: object) -> bool:
+    try:
+        params.validate()  # type: ignore[attr-defined]
+    except InvalidRequest:
+        return False
+    return True
+
+
+def _params(cls: type) -> st.SearchStrategy:
+    fields = {spec.name: _value(spec) for spec in param_specs(cls)}
+    return st.fixed_dictionaries(fields).map(lambda d: cls(**d)).filter(_valid)
+
+
+_DRAG = _params(DragParams)
+_LORA = _params(LoraParams)
 
 
 @st.composite
