@@ -41,6 +41,7 @@ from backend.lora import (
     cache_lora,
     cached_lora,
     has_adapter,
+    install_bundled,
     load_adapter_state,
     lora_key,
     lora_to_bytes,
@@ -57,7 +58,7 @@ from backend.models import (
     pick_device,
     resolve_source,
 )
-from backend.project import sha256_pixels
+from backend.project import BundledLora, sha256_pixels
 from backend.request import DragRequest, LoraParams
 from backend.result import EditResult, Iteration, LoraOutcome, Trace
 from backend.sampling import guide, run_generation
@@ -232,6 +233,11 @@ class Engine:
         self._require_model()
         load_adapter_state(self.pipe.unet, params, state)
         self.caches.lora = LoraInfo(key, params, state)
+
+    def install_bundled(self, bundled: BundledLora | None, request: DragRequest) -> dict[str, Any]:
+        """A document's LoRA into memory when it fits ``request`` and checks out fully; else
+        what happened and why (see :func:`backend.lora.install_bundled`)."""
+        return install_bundled(self, bundled, request)
 
     def forget_lora(self) -> None:
         """Drop the adapter in memory so the next edit trains (or loads) a fresh one."""

@@ -25,7 +25,8 @@ from PIL import Image
 from backend.ddim import Schedule
 from backend.errors import DragStudioError
 from backend.lora_cache import LoraCache
-from backend.request import LoraParams, params_to_dict
+from backend.project import LORA, BundledLora
+from backend.request import DragRequest, LoraParams, params_to_dict
 
 ADAPTER = "dragstudio"
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
@@ -321,3 +322,35 @@ def train_lora(
         for p in trainable:
             p.requires_grad_(False)
     return adapter_state(unet)
+
+
+def install_bundled(
+    engine: Any, bundled: BundledLora | None, request: DragRequest
+) -> dict[str, Any]:
+    """Install a document's LoRA into the engine's memory (never the shared cache) if usable.
+
+    It is used only when its key is the one the engine computes for ``request`` and it passes
+    a full check against the loaded model (keys, shapes, dtypes, finite values, its metadata's
+    parameters); otherwise the result says which member and why, and the edit retrains.
+    """
+    if bundled is None:
+        return {"bundled": False}
+    if request.lora.steps == 0:
+        return {"bundled": True, "used": False, "why": "LoRA steps are 0"}
+    engine.load_model(request.model)
+    key = engine.lora_key_for(request)
+    if key != bundled.key:
+        why = bundled.mismatch(request) or "the model's weights differ from the ones it was made on"
+        return {"bundled": True, "used": False, "why": why}
+    try:
+        state, params, stored_key = lora_from_bytes(bundled.data, LORA)
+        if stored_key != key:
+            raise DragStudioError("its metadata names another key")
+        if params != request.lora:
+            raise DragStudioError("its metadata's parameters differ from the project's")
+        engine.install_lora(key, params, state)
+    except DragStudioError as exc:
+        text = str(exc)
+        why = text if text.startswith(LORA) else f"{LORA} is unusable: {text}"
+        return {"bundled": True, "used": False, "why": why}
+    return {"bundled": True, "used": True}

@@ -14,11 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from backend.errors import DragStudioError, InvalidRequest
+from backend.errors import InvalidRequest
 from backend.params import apply_param_flags
 from backend.project import (
-    LORA,
-    BundledLora,
     Project,
     describe,
     read_project,
@@ -79,41 +77,8 @@ def install_bundled_lora(engine: Any, project: Project, request: DragRequest) ->
 
     Returns what happened, for the trace. Loading the model first is free: ``edit`` would.
     """
-    return install_bundled(engine, project.lora, request)
-
-
-def install_bundled(
-    engine: Any, bundled: BundledLora | None, request: DragRequest
-) -> dict[str, Any]:
-    """Install a document's LoRA into the engine's memory (never the shared cache) if usable.
-
-    It is used only when its key is the one the engine computes for ``request`` and it passes
-    a full check against the loaded model (keys, shapes, dtypes, finite values, its metadata's
-    parameters); otherwise the result says which member and why, and the edit retrains.
-    """
-    if bundled is None:
-        return {"bundled": False}
-    if request.lora.steps == 0:
-        return {"bundled": True, "used": False, "why": "LoRA steps are 0"}
-    from backend.lora import lora_from_bytes
-
-    engine.load_model(request.model)
-    key = engine.lora_key_for(request)
-    if key != bundled.key:
-        why = bundled.mismatch(request) or "the model's weights differ from the ones it was made on"
-        return {"bundled": True, "used": False, "why": why}
-    try:
-        state, params, stored_key = lora_from_bytes(bundled.data, LORA)
-        if stored_key != key:
-            raise DragStudioError("its metadata names another key")
-        if params != request.lora:
-            raise DragStudioError("its metadata's parameters differ from the project's")
-        engine.install_lora(key, params, state)
-    except DragStudioError as exc:
-        text = str(exc)
-        why = text if text.startswith(LORA) else f"{LORA} is unusable: {text}"
-        return {"bundled": True, "used": False, "why": why}
-    return {"bundled": True, "used": True}
+    report: dict[str, Any] = engine.install_bundled(project.lora, request)
+    return report
 
 
 def save(path: Path, project: Project, quiet: bool) -> None:

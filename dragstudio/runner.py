@@ -305,13 +305,11 @@ class EngineHost(BusyNotifier):
                 engine.forget_lora()
             self._installed_bundle = None
         self.bundled_report = {}
-        if bundled is None or not hasattr(engine, "install_lora"):
+        if bundled is None or not hasattr(engine, "install_bundled"):
             return
         if self._installed_bundle == bundled.key and getattr(current, "key", None) == bundled.key:
             return  # still in memory from this document's last edit
-        from backend.project_cli import install_bundled
-
-        self.bundled_report = install_bundled(engine, bundled, request)
+        self.bundled_report = engine.install_bundled(bundled, request)
         if self.bundled_report.get("used"):
             self._installed_bundle = bundled.key
 

@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from backend.engine import Engine
-from backend.lora import lora_from_bytes, lora_to_bytes
+from backend.lora import install_bundled, lora_from_bytes, lora_to_bytes
 from backend.lora_cache import LoraCache
 from backend.project import LORA, BundledLora, sha256_pixels
-from backend.project_cli import install_bundled
 from backend.request import DragParams, DragRequest, LoraParams, PointPair
 from dragstudio.runner import EngineHost
 
@@ -93,7 +92,7 @@ def test_an_unusable_bundled_lora_is_named_and_retrained(case, trained, tiny_mod
     assert report["used"] is False and LORA in report["why"] and words in report["why"]
     assert eng.current_lora is None  # nothing half-installed
     result = eng.edit(_request(_photo(), tiny_model_dir))
-    assert result.trace["lora"]["source"] == "trained"
+    assert result.trace.lora.source == "trained"
     assert np.isfinite(result.image.astype(float)).all() and result.image.std() > 0
 
 
@@ -103,7 +102,7 @@ def test_a_good_bundled_lora_is_used_from_memory(trained, tiny_model_dir) -> Non
     data = lora_to_bytes(state, FAST_LORA, key)
     report = install_bundled(eng, _bundle(key, data), _request(_photo(), tiny_model_dir))
     assert report == {"bundled": True, "used": True}
-    assert eng.edit(_request(_photo(), tiny_model_dir)).trace["lora"]["source"] == "memory"
+    assert eng.edit(_request(_photo(), tiny_model_dir)).trace.lora.source == "memory"
 
 
 def test_a_cache_that_cannot_be_written_warns_and_the_edit_finishes(
@@ -113,8 +112,8 @@ def test_a_cache_that_cannot_be_written_warns_and_the_edit_finishes(
     blocker.write_text("not a folder")
     eng = Engine("cpu", lora_cache=LoraCache(blocker))
     result = eng.edit(_request(_photo(), tiny_model_dir))
-    lora = result.trace["lora"]
-    assert lora["source"] == "trained" and "could not store" in lora["cache_warning"]
+    lora = result.trace.lora
+    assert lora.source == "trained" and "could not store" in lora.cache_warning
     assert result.image.shape == (64, 64, 3)
 
 
@@ -126,7 +125,7 @@ def test_disk_full_while_caching_still_finishes(tiny_model_dir, tmp_path, monkey
 
     monkeypatch.setattr(cache, "put_bytes", full)
     result = Engine("cpu", lora_cache=cache).edit(_request(_photo(), tiny_model_dir))
-    assert "No space left" in result.trace["lora"]["cache_warning"]
+    assert "No space left" in result.trace.lora.cache_warning
 
 
 def test_a_documents_lora_never_serves_another_document(trained, tiny_model_dir, tmp_path):
@@ -147,10 +146,10 @@ def test_a_documents_lora_never_serves_another_document(trained, tiny_model_dir,
     try:
         first = asyncio.run(run(True))
         assert first.ok and host.bundled_report == {"bundled": True, "used": True}
-        assert first.value.trace["lora"]["source"] == "memory"
+        assert first.value.trace.lora.source == "memory"
         assert cache.read_bytes(key) is None  # the shared cache never saw it
         second = asyncio.run(run(False))  # another document, same pixels and settings
-        assert second.ok and second.value.trace["lora"]["source"] == "trained"
+        assert second.ok and second.value.trace.lora.source == "trained"
         stored, _, _ = lora_from_bytes(cache.read_bytes(key) or b"")
         assert all(torch.equal(stored[k], state[k]) for k in state)  # this machine's own
     finally:

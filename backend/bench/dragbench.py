@@ -32,8 +32,8 @@ MAX_ARRAY_BYTES = 256 * 2**20
 """An array the pickle may create: DragBench masks are a few hundred kilobytes."""
 
 
-def _safe_dtype(*args: Any) -> np.dtype:
-    dtype = np.dtype(*args)
+def _safe_dtype(*args: Any) -> np.dtype[Any]:
+    dtype: np.dtype[Any] = np.dtype(*args)
     if dtype.hasobject:
         raise pickle.UnpicklingError("refusing an object array in a DragBench pickle")
     return dtype
@@ -55,7 +55,10 @@ def _reconstructor() -> Any:
         itemsize = np.dtype(dtype).itemsize if not isinstance(dtype, np.dtype) else dtype.itemsize
         if math.prod(dims) * max(1, itemsize) > MAX_ARRAY_BYTES:
             raise pickle.UnpicklingError(f"an array of shape {dims} is too large")
-        return _reconstruct(np.ndarray, shape, dtype)
+        out = _reconstruct(np.ndarray, shape, dtype)
+        if not isinstance(out, np.ndarray):
+            raise pickle.UnpicklingError("not an array")
+        return out
 
     return reconstruct
 

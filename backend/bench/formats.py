@@ -100,7 +100,9 @@ def _load_drag100(folder: Path) -> tuple[str, tuple[PointPair, ...], np.ndarray,
     try:
         with open_image(folder / "mask.png", photo=False) as im:
             mask = np.asarray(im.convert("L")) > 127
-    except (InvalidRequest, *DECODE_ERRORS) as exc:
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"cannot read {folder}/mask.png: {exc}") from exc
+    except DECODE_ERRORS as exc:
         raise InvalidRequest(f"cannot read {folder}/mask.png: {exc}") from exc
     return "", pairs, mask, folder / "original.jpg"
 
