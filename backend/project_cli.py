@@ -77,6 +77,8 @@ def install_bundled_lora(engine: Any, project: Project, request: DragRequest) ->
 
     Returns what happened, for the trace. Loading the model first is free: ``edit`` would.
     """
+    if project.lora is None:
+        return {"bundled": False}
     report: dict[str, Any] = engine.install_bundled(project.lora, request)
     return report
 
