@@ -273,6 +273,14 @@ class Stats:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to this program image;
+    ``ru_maxrss`` would include a forking parent's (pytest's) peak, which survives exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
