@@ -287,6 +287,35 @@ class Engine:
         trace = self._trace(run, plan, start.lora, outcome, iterations)
         return EditResult(result, trace, working)
 
+    def prepare(
+        self,
+        request: DragRequest,
+        on_event: EventSink | None = None,
+        cancel: CancelToken | None = None,
+    ) -> dict[str, Any]:
+        """Steps 1–3 of :meth:`edit` ahead of a Drag: load, then the LoRA and the inversion.
+
+        Fills exactly the caches :meth:`edit` would fill, with the same arithmetic, so a later
+        edit of the same photo, prompt, model and LoRA/inversion settings skips both stages and
+        returns a bit-identical result. Points and mask are not needed. It never downloads a
+        model: that waits for a Drag, where the user can be asked. Returns what was done.
+        """
+        request.validate(require_pairs=False)
+        run = _Run(request, on_event or (lambda _e: None), cancel or CancelToken())
+        if request.generation is not None:
+            return {"prepared": False, "reason": "generated images need no preparation"}
+        with self._stage(Stage.LOAD, 1, run.emit, run.stages):
+            run.token.check()
+            allow, self.allow_download = self.allow_download, False
+            try:
+                self.load_model(request.model)
+            finally:
+                self.allow_download = allow
+            run.token.check()
+        plan = self._plan(request)
+        start = self._start_latent(run, plan)
+        return {"prepared": True, "lora": start.lora, "stages": run.stages}
+
     def _plan(self, request: DragRequest) -> _Plan:
         """Step 2: sizes, schedule, the optimised timestep and the text conditioning."""
         pipe, params = self.pipe, request.params

@@ -72,8 +72,10 @@ class DragRequest:
     """The image the identity LoRA is trained on, when it is not ``image`` itself: dragging an
     accepted result again keeps the LoRA of the photo it came from."""
 
-    def validate(self) -> None:
-        """Raise :class:`InvalidRequest` with a one-line reason if this cannot be edited."""
+    def validate(self, *, require_pairs: bool = True) -> None:
+        """Raise :class:`InvalidRequest` with a one-line reason if this cannot be edited.
+
+        ``require_pairs=False`` checks what background preparation needs (no points yet)."""
         image = self.image
         _check(isinstance(image, np.ndarray), "the image must be a numpy array")
         _check(
@@ -83,7 +85,10 @@ class DragRequest:
         h, w = image.shape[:2]
         _check(h >= 16 and w >= 16, f"the image is too small ({w}×{h}); it needs 16×16 at least")
         _check(h <= 16384 and w <= 16384, f"the image is too large ({w}×{h})")
-        _check(len(self.pairs) >= 1, "no point pairs: place at least one handle and its target")
+        _check(
+            len(self.pairs) >= 1 or not require_pairs,
+            "no point pairs: place at least one handle and its target",
+        )
         _check(len(self.pairs) <= 64, f"too many point pairs ({len(self.pairs)}); 64 at most")
         for n, pair in enumerate(self.pairs, 1):
             for role, (x, y) in (("handle", pair.handle), ("target", pair.target)):

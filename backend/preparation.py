@@ -1,0 +1,44 @@
+"""What background preparation depends on: a key over the inputs of LoRA and inversion.
+
+The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model and the
+LoRA/inversion settings, never on the points or the mask. Two requests with the same key share
+one preparation; a new key supersedes a running one. Torch-free: the GUI computes it on its
+thread to decide whether a preparation is still current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from backend.request import DragRequest, params_to_dict
+
+
+def _pixels(h: hashlib._Hash, image: np.ndarray) -> None:
+    h.update(f"{image.shape}|{image.dtype}|".encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+
+
+def preparation_key(request: DragRequest) -> str | None:
+    """The key of ``request``'s preparation, or None when it has nothing to prepare.
+
+    Generated images carry their own latents (no LoRA, no inversion), so they need none."""
+    if request.generation is not None:
+        return None
+    p = request.params
+    h = hashlib.sha256()
+    _pixels(h, request.image)
+    if request.lora_image is not None:
+        _pixels(h, request.lora_image)
+    inputs = {
+        "model": request.model,
+        "prompt": request.prompt,
+        "lora": params_to_dict(request.lora),
+        "inference_steps": p.inference_steps,
+        "inversion_strength": p.inversion_strength,
+        "working_width": p.working_width,
+    }
+    h.update(json.dumps(inputs, sort_keys=True).encode())
+    return h.hexdigest()
