@@ -19,12 +19,13 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from backend.cancel import CancelToken
 from backend.errors import Cancelled, DragStudioError, ModelNotFound
-from backend.events import Event
+from backend.events import Event, StageStarted, StepProgress
+from backend.preparation import preparation_key
 from backend.request import DragRequest
 
 
@@ -41,6 +42,8 @@ class EngineLike(Protocol):
     def load_model(self, spec: str) -> float: ...
 
     def edit(self, request: DragRequest, on_event: Any, cancel: Any) -> Any: ...
+
+    def prepare(self, request: DragRequest, on_event: Any, cancel: Any) -> Any: ...
 
     def forget_lora(self) -> None: ...
 
@@ -143,6 +146,20 @@ def describe_failure(exc: BaseException) -> Failure:
     )
 
 
+@dataclass(eq=False)
+class Preparation:
+    """The one background preparation: its key, its token, and who listens to its events."""
+
+    job_id: int
+    key: str
+    model: str
+    token: CancelTokenLike
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+    last_started: Event | None = None
+    last_step: Event | None = None
+    done: asyncio.Future[Outcome] | None = None
+
+
 @dataclass
 class Outcome:
     """How a job ended: a value, or a failure (cancelled included)."""
@@ -197,6 +214,7 @@ class EngineHost(BusyNotifier):
         self._engine: EngineLike | None = None
         self._ids = itertools.count(1)
         self._current: tuple[int, CancelTokenLike, asyncio.Event] | None = None
+        self._preparation: Preparation | None = None
         self._pending_engine_work = 0
         self._pending_lock = threading.Lock()
         self._futures: set[Future[Any]] = set()
@@ -242,8 +260,23 @@ class EngineHost(BusyNotifier):
         stopped.set()
         return True
 
+    @property
+    def preparing(self) -> str | None:
+        """Key of the background preparation that runs now, if any."""
+        prep = self._preparation
+        return prep.key if prep is not None and not prep.token.cancelled else None
+
+    def cancel_preparation(self) -> bool:
+        """Stop the background preparation at its next step. False if none was running."""
+        prep, self._preparation = self._preparation, None
+        if prep is None or prep.token.cancelled:
+            return False
+        prep.token.cancel()
+        return True
+
     def shutdown(self) -> None:
         """Cancel what runs and let the engine thread end after it (does not block the GUI)."""
+        self.cancel_preparation()
         self.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -255,6 +288,7 @@ class EngineHost(BusyNotifier):
         seconds and returns False: some engine work (loading a model) cannot stop mid-way, and
         the caller then ends the process rather than keep the user waiting.
         """
+        self.cancel_preparation()
         self.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         _done, running = futures_wait(list(self._futures), timeout=timeout)
@@ -293,7 +327,70 @@ class EngineHost(BusyNotifier):
             self._use_document_lora(engine, bundled, request)
             return engine.edit(request, emit, token)
 
-        return await self._submit(work, listener)
+        continues = None if retrain_lora else preparation_key(request)
+        return await self._submit(work, listener, continues=continues)
+
+    async def prepare(
+        self, request: DragRequest, listener: Callable[[Event], None] | None = None
+    ) -> Outcome:
+        """Train the LoRA and invert ``request``'s photo in the background (``Engine.prepare``).
+
+        At most one runs: one with the same key is joined, not repeated; another key supersedes
+        (cancels) it. Jobs that need the engine for something else cancel it too, so it never
+        delays them, except a Drag of the same key, which waits for it and shows its progress.
+        It is never the host's current job: :attr:`busy` stays False and :meth:`cancel` leaves
+        it alone (:meth:`cancel_preparation` stops it).
+        """
+        key = preparation_key(request)
+        if key is None:
+            return Outcome(0, {"prepared": False})
+        running = self._preparation
+        if running is not None and running.key == key and not running.token.cancelled:
+            if listener is not None:
+                running.listeners.append(listener)
+            assert running.done is not None
+            return await asyncio.shield(running.done)
+        self.cancel_preparation()
+        loop = asyncio.get_running_loop()
+        token = self._token_factory()
+        prep = Preparation(next(self._ids), key, request.model, token)
+        if listener is not None:
+            prep.listeners.append(listener)
+        prep.done = loop.create_future()
+        self._preparation = prep
+
+        def deliver(event: Event) -> None:
+            if token.cancelled:
+                return
+            if isinstance(event, StageStarted):
+                prep.last_started, prep.last_step = event, None
+            elif isinstance(event, StepProgress):
+                prep.last_step = event
+            for each in list(prep.listeners):
+                each(event)
+
+        def emit(event: Event) -> None:  # on the engine thread
+            if not token.cancelled:
+                loop.call_soon_threadsafe(deliver, event)
+
+        def work(engine: Any, tok: CancelTokenLike, on_event: Callable[[Event], None]) -> Any:
+            value = engine.prepare(request, on_event, tok)
+            self.loaded_model = request.model
+            return value
+
+        future = self._execute(work, token, emit, need_engine=True)
+        outcome = Outcome(prep.job_id, failure=Failure("Cancelled.", cancelled=True))
+        try:
+            value, failure, seconds = await asyncio.wrap_future(future, loop=loop)
+            if token.cancelled and failure is None:
+                failure = Failure("Cancelled.", cancelled=True)
+            outcome = Outcome(prep.job_id, value, failure, seconds)
+        finally:
+            if self._preparation is prep:
+                self._preparation = None
+            if not prep.done.done():
+                prep.done.set_result(outcome)  # joiners hear how it ended, even if cancelled
+        return outcome
 
     def _use_document_lora(self, engine: Any, bundled: Any, request: DragRequest) -> None:
         """On the engine thread: a document's LoRA goes into the engine's memory for its own
@@ -333,7 +430,10 @@ class EngineHost(BusyNotifier):
             self.loaded_model = spec
             return seconds
 
-        return await self._submit(work, None)
+        prep = self._preparation
+        # The preparation loads this model itself: waiting for it must not cancel it.
+        continues = prep.key if prep is not None and prep.model == spec else None
+        return await self._submit(work, None, continues=continues)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Outcome:
         """Run any function on the engine thread (e.g. writing a model): torch stays off the GUI."""
@@ -345,7 +445,10 @@ class EngineHost(BusyNotifier):
         listener: Listener | None,
         *,
         need_engine: bool = True,
+        continues: str | None = None,
     ) -> Outcome:
+        """Run ``work`` as the current job. ``continues``: the key of a background preparation
+        this job builds on; it then waits for it (and hears its events) instead of cancelling."""
         loop = asyncio.get_running_loop()
         if self._current is not None:
             self.cancel()  # a new job supersedes the current one
@@ -361,6 +464,40 @@ class EngineHost(BusyNotifier):
         def emit(event: Event) -> None:  # on the engine thread
             if not token.cancelled:
                 loop.call_soon_threadsafe(deliver, event)
+
+        prep = self._preparation
+        if prep is not None and (continues is None or continues != prep.key):
+            self.cancel_preparation()  # it would delay this job
+        elif prep is not None and listener is not None:
+            for event in (prep.last_started, prep.last_step):  # catch up, then follow
+                if event is not None:
+                    deliver(event)
+            prep.listeners.append(deliver)
+
+        future = self._execute(work, token, emit, need_engine=need_engine)
+        wrapped = asyncio.wrap_future(future, loop=loop)
+        waiter = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({wrapped, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if self.current_job == job_id:
+                self._set_current(None)
+        if not wrapped.done() or token.cancelled:
+            wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))
+        value, failure, seconds = wrapped.result()
+        return Outcome(job_id, value, failure, seconds)
+
+    def _execute(
+        self,
+        work: Callable[[EngineLike, CancelTokenLike, Callable[[Event], None]], Any],
+        token: CancelTokenLike,
+        emit: Callable[[Event], None],
+        *,
+        need_engine: bool,
+    ) -> Future[tuple[Any, Failure | None, float]]:
+        """Queue ``work`` on the engine thread; it resolves to ``(value, failure, seconds)``."""
 
         def run() -> tuple[Any, Failure | None, float]:
             start = time.perf_counter()
@@ -386,16 +523,4 @@ class EngineHost(BusyNotifier):
         future: Future[tuple[Any, Failure | None, float]] = self._executor.submit(run)
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
-        wrapped = asyncio.wrap_future(future, loop=loop)
-        waiter = asyncio.ensure_future(stopped.wait())
-        try:
-            await asyncio.wait({wrapped, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if self.current_job == job_id:
-                self._set_current(None)
-        if not wrapped.done() or token.cancelled:
-            wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
-            return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))
-        value, failure, seconds = wrapped.result()
-        return Outcome(job_id, value, failure, seconds)
+        return future
