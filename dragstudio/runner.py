@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from backend.cancel import CancelToken
 from backend.errors import Cancelled, DragStudioError, ModelNotFound
-from backend.events import Event, StageStarted, StepProgress
+from backend.events import Event, Stage, StageFinished, StageStarted, StepProgress
 from backend.preparation import preparation_key
 from backend.request import DragRequest
 
@@ -385,6 +385,10 @@ class EngineHost(BusyNotifier):
             if token.cancelled and failure is None:
                 failure = Failure("Cancelled.", cancelled=True)
             outcome = Outcome(prep.job_id, value, failure, seconds)
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise  # this coroutine itself was cancelled
+            # The executor dropped it unstarted (shutdown): it was cancelled.
         finally:
             if self._preparation is prep:
                 self._preparation = None
@@ -461,18 +465,38 @@ class EngineHost(BusyNotifier):
             if listener is not None and self.current_job == job_id and not token.cancelled:
                 listener(job_id, event)
 
+        shown: set[Any] = set()
+        """Stages this job showed from the preparation it continues."""
+
+        def own(event: Event) -> None:  # the job's own events, on the loop thread
+            if shown and prep is not None and not prep.token.cancelled:
+                stage = getattr(event, "stage", None)
+                if stage in shown or stage == Stage.LOAD:
+                    return  # the preparation showed it; its 0-step "reusing" would repeat it
+            deliver(event)
+
         def emit(event: Event) -> None:  # on the engine thread
             if not token.cancelled:
-                loop.call_soon_threadsafe(deliver, event)
+                loop.call_soon_threadsafe(own, event)
 
         prep = self._preparation
         if prep is not None and (continues is None or continues != prep.key):
             self.cancel_preparation()  # it would delay this job
         elif prep is not None and listener is not None:
+
+            def follow(event: Event) -> None:
+                if isinstance(event, StageStarted):
+                    if not shown and event.stage != Stage.LOAD:
+                        # The model was loaded for the preparation: say so first, in order.
+                        deliver(StageStarted(Stage.LOAD, 1, "loaded for the preparation"))
+                        deliver(StageFinished(Stage.LOAD, 0.0))
+                    shown.add(event.stage)
+                deliver(event)
+
             for event in (prep.last_started, prep.last_step):  # catch up, then follow
                 if event is not None:
-                    deliver(event)
-            prep.listeners.append(deliver)
+                    follow(event)
+            prep.listeners.append(follow)
 
         future = self._execute(work, token, emit, need_engine=need_engine)
         wrapped = asyncio.wrap_future(future, loop=loop)

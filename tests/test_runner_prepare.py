@@ -55,9 +55,17 @@ class FakeEngine:
         key = preparation_key(request) or ""
         found = key in self.prepared
         self.calls.append("edit (prepared)" if found else "edit")
-        if not found:
+        on_event(StageStarted(Stage.LOAD, 1))
+        on_event(StageFinished(Stage.LOAD, 0.0))
+        if found:
+            for stage in (Stage.LORA, Stage.INVERSION):
+                on_event(StageStarted(stage, 0, "reusing"))
+                on_event(StageFinished(stage, 0.0))
+        else:
             self._stages(request, on_event, cancel)
             self.prepared.add(key)
+        on_event(StageStarted(Stage.DRAG, 1))
+        on_event(StepProgress(Stage.DRAG, 1, 1))
         return {"found_prepared": found}
 
 
@@ -84,8 +92,11 @@ def test_a_drag_during_preparation_continues_it_and_shows_its_progress() -> None
     assert prepared.ok and prepared.value == {"prepared": True}
     assert edited.ok and edited.value == {"found_prepared": True}
     assert engine.calls == ["prepare", "edit (prepared)"]  # no restart, no second copy
-    # The drag heard the preparation from where it was: the LoRA stage's start, then steps.
-    assert isinstance(heard[0], StageStarted) and heard[0].stage == Stage.LORA
+    # The drag heard the preparation from where it was (the LoRA stage), after a note that
+    # the model is loaded, then its own stages: each stage once, in order.
+    started = [e.stage for e in heard if isinstance(e, StageStarted)]
+    assert started == [Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG]
+    assert not any(isinstance(e, StageStarted) and e.detail == "reusing" for e in heard)
     inversion = [e.step for e in heard if isinstance(e, StepProgress) and e.stage == "inversion"]
     assert inversion == [1, 2]
     assert host.preparing is None
