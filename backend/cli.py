@@ -117,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--prompt", help="text describing the image (default: empty, or the case's)")
     add_param_flags(edit)  # --lora-steps, --drag-steps, --r1, ... from backend.params
     edit.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    edit.add_argument(
+        "--memory",
+        choices=("auto", "high", "8gb", "6gb"),
+        default="auto",
+        help="memory plan: auto (default: chosen from the GPU's free memory; high on the CPU), "
+        "high (everything on the GPU), 8gb or 6gb (gradient checkpointing, text encoder and VAE "
+        "off the GPU when idle; 6gb also trains the LoRA in micro-batches). See docs/engine.md",
+    )
     edit.add_argument("--lora-cache", type=Path, help="LoRA cache folder (default: user cache)")
     edit.add_argument("--no-lora-cache", action="store_true", help="do not read or write it")
     edit.add_argument("--out", type=Path, required=True, help="where to write the edited image")
@@ -296,6 +304,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
             lora_cache=cache,
             single_file_config=args.model_config,
             allow_download=allow_download,
+            memory=args.memory,
         )
     try:
         bundled = None

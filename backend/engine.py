@@ -49,6 +49,15 @@ from backend.lora import (
     train_lora,
 )
 from backend.lora_cache import LoraCache
+from backend.memory import (
+    MemoryPlan,
+    apply_plan,
+    half_autocast,
+    next_plan,
+    release_cached_memory,
+    resident,
+    resolve_plan,
+)
 from backend.models import (
     ModelSource,
     default_dtype,
@@ -139,9 +148,14 @@ class Engine:
         allow_download: bool = True,
         single_file_config: str | None = None,
         reuse_reference: bool = True,
+        memory: str = "auto",
     ) -> None:
         self.device = pick_device(device)
         self.dtype = dtype or default_dtype(self.device)
+        self.memory_setting = memory
+        self.plan: MemoryPlan = resolve_plan(memory, self.device)
+        """How the model fits the device (backend/memory.py); ``auto`` picks by free memory."""
+        self._fallback: dict[str, str] | None = None
         self.lora_cache = lora_cache
         self.allow_download = allow_download
         # Configs + tokenizer for .safetensors checkpoints (diffusers folder or hub id; SD-1.5's).
@@ -189,6 +203,7 @@ class Engine:
                     self.model_spec = previous
             raise
         self.pipe, self.source, self.model_spec = pipe, source, spec
+        apply_plan(pipe, self.plan, self.device)
         return time.perf_counter() - start
 
     def adopt_pipeline(self, pipe: Any, name: str) -> None:
@@ -202,6 +217,19 @@ class Engine:
         self.pipe = pipe
         self.source = ModelSource("memory", name)
         self.model_spec = name
+        apply_plan(pipe, self.plan, self.device)
+
+    def use_memory_setting(self, setting: str) -> None:
+        """Follow the user's ``auto|high|8gb|6gb`` choice; unchanged, a fallback plan stays."""
+        if setting != self.memory_setting:
+            self.set_memory_plan(resolve_plan(setting, self.device))
+            self.memory_setting = setting
+
+    def set_memory_plan(self, plan: MemoryPlan) -> None:
+        """Switch plans; the loaded model is reconfigured in place (results stay in tolerance)."""
+        self.plan = plan
+        if self.pipe is not None:
+            apply_plan(self.pipe, plan, self.device)
 
     def _drop_model(self) -> None:
         self.pipe = None
@@ -260,10 +288,48 @@ class Engine:
     ) -> EditResult:
         """Run one drag edit. Raises :class:`Cancelled` or :class:`DragStudioError` on failure.
 
-        The outline of a diffusers pipeline's ``__call__``: each numbered step is one helper.
+        Out of device memory, everything the failed attempt held is released and the edit runs
+        once more with the next, leaner memory plan (said in an event and in the trace); a second
+        out-of-memory error is raised. The request is never modified.
         """
+        emit = on_event or (lambda _e: None)
+        self._fallback = None
+        try:
+            return self._edit(request, emit, cancel)
+        except torch.OutOfMemoryError:
+            fallback = next_plan(self.plan)
+            if fallback is None:
+                self._release_after_oom()
+                raise
+        # Out of the except block: the traceback's frames (and their tensors) are gone now.
+        failed = self.plan.name
+        self._release_after_oom()
+        self.set_memory_plan(fallback)
+        note = (
+            f"out of memory with the {failed} plan: trying once more with the {fallback.name} plan"
+        )
+        emit(StageStarted(Stage.LOAD, 0, note))
+        self._fallback = {"from": failed, "to": fallback.name, "reason": "out of memory"}
+        try:
+            return self._edit(request, emit, cancel)
+        finally:
+            self._fallback = None
+
+    def _release_after_oom(self) -> None:
+        """Drop every cache that holds device memory; keep a finished LoRA (megabytes)."""
+        lora = self.caches.lora
+        if self.pipe is not None and lora is None:
+            remove_adapter(self.pipe.unet)
+        self.caches.invalidate()
+        self.caches.lora = lora
+        release_cached_memory(self.device)
+
+    def _edit(
+        self, request: DragRequest, emit: EventSink, cancel: CancelToken | None
+    ) -> EditResult:
+        """The outline of a diffusers pipeline's ``__call__``: each numbered step is one helper."""
         request.validate()
-        run = _Run(request, on_event or (lambda _e: None), cancel or CancelToken())
+        run = _Run(request, emit, cancel or CancelToken())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
@@ -542,18 +608,19 @@ class Engine:
             params=request.params,
             lora_params=request.lora,
             memory=_peak_memory(self.device),
+            memory_plan=self.plan.name,
+            memory_fallback=dict(self._fallback) if self._fallback else None,
         )
 
     # -- stages ------------------------------------------------------------------------------
 
     @property
     def _amp(self) -> bool:
+        """Whether gradients need a scaler (float16 on CUDA)."""
         return self.device.type == "cuda" and self.dtype == torch.float16
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self._amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        return half_autocast(self.device, self.dtype)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -578,7 +645,8 @@ class Engine:
         cached = self.caches.text_for(prompt)
         if cached is not None:
             return cached
-        emb = encode_prompt(self.pipe, prompt).to(self.pipe.unet.dtype)
+        with resident(self.pipe.text_encoder, self.device, self.plan):
+            emb = encode_prompt(self.pipe, prompt).to(self.device, self.pipe.unet.dtype)
         self.caches.put_text(prompt, emb)
         return emb
 
@@ -623,17 +691,19 @@ class Engine:
                 emit(StepProgress(Stage.LORA, step, params.steps, loss=loss))
 
             try:
-                state = train_lora(
-                    unet,
-                    self.pipe.vae,
-                    text,
-                    request.identity_image,
-                    schedule,
-                    params,
-                    device=self.device,
-                    on_step=on_step,
-                    check_cancel=token.check,
-                )
+                with resident(self.pipe.vae, self.device, self.plan):
+                    state = train_lora(
+                        unet,
+                        self.pipe.vae,
+                        text,
+                        request.identity_image,
+                        schedule,
+                        params,
+                        device=self.device,
+                        on_step=on_step,
+                        check_cancel=token.check,
+                        micro_batch=self.plan.lora_micro_batch,
+                    )
             except BaseException:
                 # A half-trained adapter must never be mistaken for a finished one.
                 remove_adapter(unet)
@@ -666,16 +736,19 @@ class Engine:
             return cached
         vae = self.pipe.vae
         x = imaging.to_model_input(image, size).to(self.device, vae.dtype)
-        z: torch.Tensor = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
+        with resident(vae, self.device, self.plan):
+            z: torch.Tensor = vae.encode(x).latent_dist.mean * float(vae.config.scaling_factor)
         self.caches.put("latent", key, z)
         return z
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
-        images = vae.decode(
-            (latents / float(vae.config.scaling_factor)).to(vae.dtype), return_dict=False
-        )[0]
+        with resident(vae, self.device, self.plan):
+            images = vae.decode(
+                (latents / float(vae.config.scaling_factor)).to(self.device, vae.dtype),
+                return_dict=False,
+            )[0]
         return imaging.to_uint8(images)
 
     def _preview(
@@ -730,7 +803,7 @@ class Engine:
         cfg = guidance > 1.0
         kv: ReferenceKV | None = None
         replay = False
-        if blocks and self.reuse_reference:
+        if blocks and self.reuse_reference and self.plan.keep_reference_kv:
             recorded: ReferenceKV | None = self.caches.get("reference", reference_key)
             replay = recorded is not None
             kv = recorded if recorded is not None else ReferenceKV()

@@ -261,8 +261,15 @@ def train_lora(
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
     check_cancel: Callable[[], None] | None = None,
+    micro_batch: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune a fresh adapter on ``image``; return its weights (CPU). Leaves it attached."""
+    """Fine-tune a fresh adapter on ``image``; return its weights (CPU). Leaves it attached.
+
+    ``micro_batch`` > 0 runs each batch in slices of that many rows and adds their gradients
+    (each slice's loss weighted by its share of the batch): the same step, in less memory.
+    """
+    from backend.memory import half_autocast, micro_batches
+
     attach_fresh_adapter(unet, params)
     trainable = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in trainable:
@@ -279,6 +286,7 @@ def train_lora(
     train_steps = int(schedule.alphas_cumprod.shape[0])
     use_amp = device.type == "cuda" and unet.dtype == torch.float16
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    slices = micro_batches(params.batch_size, micro_batch)
     embeddings = text_embeddings.expand(params.batch_size, -1, -1)
     unet.train()
     try:
@@ -299,21 +307,29 @@ def train_lora(
             t = torch.randint(0, train_steps, (params.batch_size,), generator=gen)
             noisy = schedule.add_noise(x0, noise, t)
             target = schedule.training_target(x0, noise, t)
-            with torch.autocast("cuda", enabled=use_amp):
-                pred = unet(
-                    noisy.to(unet.dtype),
-                    t.to(device),
-                    encoder_hidden_states=embeddings,
-                    return_dict=False,
-                )[0]
-            loss = F.mse_loss(pred.float(), target.float())
             optimizer.zero_grad(set_to_none=True)
+            loss = torch.zeros((), device=device)
+            for lo, hi in slices:
+                with half_autocast(device, unet.dtype):
+                    pred = unet(
+                        noisy[lo:hi].to(unet.dtype),
+                        t[lo:hi].to(device),
+                        encoder_hidden_states=embeddings[lo:hi],
+                        return_dict=False,
+                    )[0]
+                part = F.mse_loss(pred.float(), target[lo:hi].float())
+                if len(slices) > 1:
+                    part = part * ((hi - lo) / params.batch_size)
+                if scaler is not None:
+                    scaler.scale(part).backward()
+                else:
+                    part.backward()
+                loss = loss + part.detach()
+                del pred, part
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 optimizer.step()
             if on_step:
                 on_step(step + 1, float(loss.detach()))

@@ -83,6 +83,10 @@ class Trace:
     params: DragParams
     lora_params: LoraParams
     memory: dict[str, float] = field(default_factory=dict)
+    memory_plan: str = "high"
+    """The memory plan the edit ran with (backend/memory.py)."""
+    memory_fallback: dict[str, str] | None = None
+    """``{"from", "to", "reason"}`` when an out-of-memory error made it switch plans."""
 
     @property
     def seconds(self) -> float:
@@ -117,7 +121,11 @@ class Trace:
             "ddim_steps": self.ddim_steps,
             "params": params_to_dict(self.params),
             "lora_params": params_to_dict(self.lora_params),
-            "memory": dict(self.memory),
+            "memory": {
+                **self.memory,
+                "plan": self.memory_plan,
+                **({"fallback": dict(self.memory_fallback)} if self.memory_fallback else {}),
+            },
         }
 
 

@@ -33,6 +33,7 @@ MAX_RECENT = 8
 MAX_FILE_BYTES = 1 << 20
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ENGINES = ("local", "server")
+MEMORY_PLANS = ("auto", "high", "8gb", "6gb")
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Settings:
     )
     lora_cache_limit_gb: float = _key(4.0, "Size limit of the LoRA cache, in GiB.", lo=0.1, hi=1000)
     device: str = _key("auto", "Where the engine runs.", choices=DEVICES)
+    memory: str = _key(
+        "auto",
+        "GPU memory plan (backend/memory.py): auto picks from the free memory; high, 8gb, 6gb.",
+        choices=MEMORY_PLANS,
+    )
     model_config: str = _key(
         "",
         "For a single-file (.safetensors) model: diffusers folder or hub id of its base model, "

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--options", help="comma-separated option numbers to run (0 = defaults; "
                    "default: all)")  # fmt: skip
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--memory", default="auto", help="memory plan: auto, high, 8gb or 6gb")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for device in devices:
         for size in args.sizes.split(","):
-            engine = Engine(device)
+            engine = Engine(device, memory=args.memory)
             t0 = time.perf_counter()
             with torch.device(engine.device):  # initialise big random models on the GPU
                 pipe = build_pipeline(size)

@@ -60,6 +60,7 @@ def make_host(prefs: SettingsStore, lora_cache: Any) -> EngineHost | RemoteEngin
         prefs.get("device"),
         lora_cache=lora_cache,
         single_file_config=prefs.get("model_config") or None,
+        memory=prefs.get("memory"),
     )
     return EngineHost(factory)
 

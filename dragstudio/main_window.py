@@ -51,6 +51,7 @@ from dragstudio.engine_ui import EngineUI, make_host
 from dragstudio.generate_ui import GenerateUI
 from dragstudio.help_ui import HelpUI, docs_path
 from dragstudio.panels.history import HistoryView
+from dragstudio.panels.memory import MemoryCombo
 from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
 from dragstudio.prefs import open_prefs
@@ -107,6 +108,8 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.prefs))
         self.drag_ui = DragUI(self, host or make_host(self.prefs, self.lora_cache))
+        self.drag_ui.host.memory = self.memory_combo.plan
+        self.memory_combo.planChanged.connect(self._memory_plan_changed)
         self.project_ui = ProjectUI(self, self.lora_cache)
         self.generate_ui = GenerateUI(self)
         self.engine_ui = EngineUI(self)
@@ -357,6 +360,9 @@ class MainWindow(QMainWindow):
         layout.addSpacing(6)
         layout.addWidget(QLabel("Model"))
         layout.addWidget(self.model_picker)
+        self.memory_combo = MemoryCombo(self.prefs)
+        layout.addWidget(QLabel("GPU memory"))
+        layout.addWidget(self.memory_combo)
         layout.addStretch(1)
         # The settings scroll; the Drag button, progress and preview below them never do, so
         # opening Advanced cannot push them out of view.
@@ -410,6 +416,9 @@ class MainWindow(QMainWindow):
         self.view_menu.addAction(dock.toggleViewAction())
         self.docks.append(dock)
         return dock
+
+    def _memory_plan_changed(self, plan: str) -> None:
+        self.drag_ui.host.memory = plan  # the next edit switches plans on the engine thread
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()

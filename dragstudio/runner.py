@@ -60,6 +60,7 @@ def default_engine_factory(
     lora_cache_dir: str | None = None,
     lora_cache: Any = None,
     single_file_config: str | None = None,
+    memory: str = "auto",
 ) -> EngineFactory:
     """Build the real engine with the on-disk LoRA cache (torch is imported here, late).
 
@@ -80,6 +81,7 @@ def default_engine_factory(
             lora_cache=cache,
             single_file_config=single_file_config,
             allow_download=False,
+            memory=memory,
         )
 
     return make
@@ -122,8 +124,8 @@ def describe_failure(exc: BaseException) -> Failure:
     if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
         return Failure(
             "The GPU ran out of memory.",
-            "Try a smaller working width, fewer LoRA steps, closing other programs that use "
-            "the GPU, or running on the CPU.",
+            "Try the 6gb memory plan (beside the model), a smaller working width, closing "
+            "other programs that use the GPU, or running on the CPU.",
             details,
             out_of_memory=True,
         )
@@ -226,6 +228,8 @@ class EngineHost(BusyNotifier):
         """What became of the document's LoRA in the last edit (used, or why not)."""
         self._installed_bundle: str | None = None
         """Key of a document's LoRA the engine holds in memory (never in the shared cache)."""
+        self.memory: str | None = None
+        """The memory plan setting the next edit uses (None: the engine's own)."""
         self.engine_thread: int | None = None
         """Ident of the thread that owns the engine, once it exists (tests check it)."""
 
@@ -325,6 +329,9 @@ class EngineHost(BusyNotifier):
                 if cache is not None and key_for is not None:
                     cache.drop(key_for(request))
             self._use_document_lora(engine, bundled, request)
+            use_memory = getattr(engine, "use_memory_setting", None)
+            if self.memory is not None and use_memory is not None:
+                use_memory(self.memory)
             return engine.edit(request, emit, token)
 
         continues = None if retrain_lora else preparation_key(request)

@@ -253,3 +253,21 @@ def test_engine_messages_name_no_command_line_flags_in_the_window(message: str) 
     for exc in (DragStudioError(message), ModelNotFound(message)):
         shown = describe_failure(exc).message
         assert "--" not in shown and ("settings file" in shown or "model picker" in shown)
+
+
+def test_the_memory_setting_reaches_the_engine_before_each_edit() -> None:
+    class PlanEngine(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.settings: list[str] = []
+
+        def use_memory_setting(self, setting: str) -> None:
+            self.settings.append(setting)
+
+    fake = PlanEngine()
+    host = EngineHost(lambda: fake)
+    assert run(host.run_edit(request())).ok
+    assert fake.settings == []  # None: the engine keeps its own
+    host.memory = "8gb"
+    assert run(host.run_edit(request())).ok
+    assert fake.settings == ["8gb"]

@@ -277,6 +277,6 @@ def test_an_engine_failure_shows_a_dialog_with_details(
 
     box = failure_box(w, w.failures[0])
     assert box.text() == "The GPU ran out of memory."
-    assert "fewer LoRA steps" in box.informativeText() and "CPU" in box.informativeText()
+    assert "6gb memory plan" in box.informativeText() and "CPU" in box.informativeText()
     assert "OutOfMemoryError" in box.detailedText()
     box.deleteLater()
