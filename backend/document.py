@@ -319,6 +319,8 @@ class Document:
         self.params: DragParams = DragParams()
         self.lora: LoraParams = LoraParams()
         self.model: str = DEFAULT_MODEL
+        self.vae: str | None = None
+        """A VAE used instead of the model's own (None: its own)."""
         self.original: np.ndarray | None = None
         """The photo as opened: accepted results replace ``image`` but not this, so dragging
         them again can keep the LoRA trained on the photo."""
@@ -559,6 +561,13 @@ class Document:
             self.model = model
             self._notify(Notice(Change.MODEL))
 
+    def set_vae(self, vae: str | None) -> None:
+        """Use ``vae`` (a diffusers VAE folder or hub id; None or empty: the model's own)."""
+        vae = (vae or "").strip() or None
+        if vae != self.vae:
+            self.vae = vae
+            self._notify(Notice(Change.MODEL))
+
     # -- the engine's view ---------------------------------------------------------------------
 
     def to_request(self, *, keep_photo_lora: bool = True) -> DragRequest:
@@ -583,6 +592,7 @@ class Document:
             params=self.params,
             lora=self.lora,
             model=self.model,
+            vae=self.vae,
             lora_image=lora_image,
             generation=self.generation if not self.history else None,
         )
@@ -596,6 +606,7 @@ class Document:
         self.set_prompt(request.prompt)
         self.set_params(request.params, request.lora)
         self.set_model(request.model)
+        self.set_vae(request.vae)
 
 
 def pairs_from_points(points: Sequence[Point]) -> list[Pair]:

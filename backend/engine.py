@@ -64,8 +64,10 @@ from backend.models import (
     encode_prompt,
     free_memory,
     load_pipeline,
+    load_vae,
     pick_device,
     resolve_source,
+    resolve_vae_source,
 )
 from backend.project import BundledLora, sha256_pixels
 from backend.request import DragRequest, LoraParams
@@ -165,20 +167,29 @@ class Engine:
         self.pipe: Any = None
         self.source: ModelSource | None = None
         self.model_spec: str | None = None
+        self.vae_spec: str | None = None
+        """The VAE used instead of the model's own (None: its own)."""
+        self.vae_source: ModelSource | None = None
+        self._own_vae: Any = None
         self.caches = EngineCaches()
         """Text, latent, inversion, reference K/V and LoRA: see :mod:`backend.caches`."""
 
     # -- model -------------------------------------------------------------------------------
 
-    def load_model(self, spec: str) -> float:
-        """Load ``spec`` unless it is already loaded; return the seconds it took.
+    def load_model(self, spec: str, vae: str | None = None) -> float:
+        """Load ``spec`` (with ``vae`` instead of its own VAE, if given) unless it is already
+        loaded; return the seconds it took.
 
         The old model is freed before the new one loads, so two never share the GPU; if the new
-        one fails, the old one is loaded again and the error is raised.
+        one fails, the old one is loaded again and the error is raised. Another VAE for the
+        loaded model swaps only the VAE; if that fails the model stays, with its own VAE.
         """
+        vae = (vae.strip() or None) if vae is not None else None
         if self.pipe is not None and spec == self.model_spec:
-            return 0.0
+            return self._use_vae(vae)
         resolve_source(spec)  # refuse bad paths and unsafe files before dropping anything
+        if vae is not None:
+            resolve_vae_source(vae)
         start = time.perf_counter()
         previous = self.model_spec
         self._drop_model()
@@ -201,10 +212,40 @@ class Engine:
                         single_file_config=self.single_file_config,
                     )
                     self.model_spec = previous
+                    self._own_vae = self.pipe.vae
             raise
         self.pipe, self.source, self.model_spec = pipe, source, spec
         apply_plan(pipe, self.plan, self.device)
+        self._own_vae = pipe.vae
+        self._use_vae(vae)
         return time.perf_counter() - start
+
+    def _use_vae(self, vae: str | None) -> float:
+        """Put ``vae`` (None: the model's own) into the loaded pipeline; seconds it took."""
+        if vae == self.vae_spec:
+            return 0.0
+        start = time.perf_counter()
+        module, source = self._own_vae, None
+        try:
+            if vae is not None:
+                module, source = load_vae(
+                    vae, self.device, self.dtype, allow_download=self.allow_download
+                )
+        finally:
+            # On failure ``source`` is still None: the model's own VAE goes back in.
+            self.pipe.vae = module
+            self.vae_source, self.vae_spec = source, (vae if source is not None else None)
+            apply_plan(self.pipe, self.plan, self.device)  # the memory plan covers the new VAE
+        return time.perf_counter() - start
+
+    @property
+    def model_identity(self) -> str:
+        """The loaded model and VAE, for every cache key that depends on them: a model with
+        its own VAE keeps the identity it had before VAEs could be chosen."""
+        assert self.source is not None
+        if self.vae_source is None:
+            return self.source.identity
+        return f"{self.source.identity}+vae={self.vae_source.identity}"
 
     def adopt_pipeline(self, pipe: Any, name: str) -> None:
         """Use an already built pipeline (benchmarks build random full-size models in memory)."""
@@ -217,6 +258,7 @@ class Engine:
         self.pipe = pipe
         self.source = ModelSource("memory", name)
         self.model_spec = name
+        self._own_vae = pipe.vae
         apply_plan(pipe, self.plan, self.device)
 
     def use_memory_setting(self, setting: str) -> None:
@@ -235,6 +277,9 @@ class Engine:
         self.pipe = None
         self.source = None
         self.model_spec = None
+        self.vae_spec = None
+        self.vae_source = None
+        self._own_vae = None
         self.caches.invalidate()
         free_memory(self.device)
 
@@ -276,7 +321,7 @@ class Engine:
     def lora_key_for(self, request: DragRequest) -> str:
         self._require_model()
         assert self.source is not None
-        return lora_key(request.identity_image, self.source.identity, request.prompt, request.lora)
+        return lora_key(request.identity_image, self.model_identity, request.prompt, request.lora)
 
     # -- editing -----------------------------------------------------------------------------
 
@@ -336,7 +381,7 @@ class Engine:
         # 1. The model.
         with self._stage(Stage.LOAD, 1, run.emit, run.stages):
             run.token.check()
-            self.load_model(request.model)
+            self.load_model(request.model, request.vae)
             run.token.check()
         # 2. Schedule, working size and text conditioning.
         plan = self._plan(request)
@@ -431,7 +476,7 @@ class Engine:
                 start_latent = generation.trajectory[plan.start : plan.start + 1]
                 zt = torch.from_numpy(start_latent).to(self.device)
             reference_key: tuple[Any, ...] = (
-                self.model_spec,
+                self.model_identity,
                 "generated",
                 hashlib.sha256(start_latent.tobytes()).hexdigest(),
                 generation.prompt,
@@ -446,7 +491,7 @@ class Engine:
         # DDIM inversion to z_t, reused when nothing it depends on changed.
         digest = sha256_pixels(request.image)
         reference_key = (
-            self.model_spec,
+            self.model_identity,
             lora_detail.key or "no-lora",
             digest,
             plan.work_size,
@@ -730,7 +775,7 @@ class Engine:
     @torch.no_grad()
     def _encode(self, image: np.ndarray, digest: str, size: tuple[int, int]) -> torch.Tensor:
         """VAE posterior mean of the working image, scaled; computed once per image and size."""
-        key = (self.model_spec, size, digest)
+        key = (self.model_identity, size, digest)
         cached: torch.Tensor | None = self.caches.get("latent", key)
         if cached is not None:
             return cached
@@ -845,6 +890,7 @@ class Engine:
         model: str,
         on_event: EventSink | None = None,
         cancel: CancelToken | None = None,
+        vae: str | None = None,
     ) -> tuple[np.ndarray, Generation]:
         """Generate an image and keep its latent trajectory, so it can be dragged exactly."""
         generation.validate(with_trajectory=False)
@@ -852,7 +898,7 @@ class Engine:
         token = cancel or CancelToken()
         stages: dict[str, float] = {}
         with self._stage(Stage.LOAD, 1, emit, stages):
-            self.load_model(model)
+            self.load_model(model, vae)
         unet = self.pipe.unet
         schedule = Schedule.from_scheduler(self.pipe.scheduler, generation.steps)
         text = self._conditioning(

@@ -15,6 +15,10 @@ class ModelNotFound(DragStudioError):
     """No weights where the user pointed, and nothing to download them with."""
 
 
+class VaeNotFound(ModelNotFound):
+    """The chosen VAE could not be loaded; the model stays loaded with its own VAE."""
+
+
 class Cancelled(DragStudioError):
     """The user cancelled the job; nothing it started was kept."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from backend.errors import DragStudioError, ModelNotFound
+from backend.errors import DragStudioError, ModelNotFound, VaeNotFound
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 UNSAFE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -255,3 +255,59 @@ def encode_prompt(pipe: Any, prompt: str) -> torch.Tensor:
     ).input_ids.to(pipe.text_encoder.device)
     embeddings: torch.Tensor = pipe.text_encoder(ids)[0]
     return embeddings
+
+
+def resolve_vae_source(spec: str) -> ModelSource:
+    """A VAE is a diffusers ``AutoencoderKL`` folder (with config.json) or a hub id; pickles
+    and single files are refused, as for models."""
+    spec = spec.strip()
+    if not spec:
+        raise VaeNotFound("no VAE given: pass a diffusers VAE folder or a hub id")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise VaeNotFound(f"VAE {path}: a folder but not a diffusers VAE (no config.json)")
+        return ModelSource("folder", str(path.resolve()))
+    if path.is_file():
+        why = (
+            "a pickled checkpoint, which can run code when loaded"
+            if path.suffix.lower() in UNSAFE_SUFFIXES
+            else "a single file"
+        )
+        raise VaeNotFound(f"VAE {path.name} is {why}; use a diffusers VAE folder or a hub id")
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1)
+    if looks_like_path or spec.lower().endswith(SINGLE_FILE_SUFFIXES + UNSAFE_SUFFIXES):
+        raise VaeNotFound(f"VAE not found: no folder at {spec}")
+    if spec.count("/") != 1 or any(c.isspace() for c in spec):
+        raise VaeNotFound(
+            f"VAE not found: {spec!r} is neither a local folder nor a hub id like 'owner/name'"
+        )
+    return ModelSource("hub", spec)
+
+
+def load_vae(
+    spec: str, device: torch.device, dtype: torch.dtype, *, allow_download: bool = True
+) -> tuple[Any, ModelSource]:
+    """Load an ``AutoencoderKL`` to replace a pipeline's own VAE: local files (or the hub
+    cache) first, a download only when allowed; frozen and in eval mode like the pipeline's."""
+    from diffusers import AutoencoderKL
+
+    source = resolve_vae_source(spec)
+    kwargs: dict[str, Any] = {_pretrained_dtype_kwarg(): dtype}
+    try:
+        try:
+            vae = AutoencoderKL.from_pretrained(source.location, local_files_only=True, **kwargs)
+        except Exception:
+            if source.kind != "hub" or not allow_download or _hub_offline():
+                raise
+            vae = AutoencoderKL.from_pretrained(source.location, **kwargs)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = "" if source.kind == "folder" else " in the Hugging Face cache or on the hub"
+        raise VaeNotFound(
+            f"could not load the VAE {source.location}{where}: {reason[:300]}"
+        ) from exc
+    vae.to(device, dtype)
+    vae.requires_grad_(False)
+    vae.eval()
+    return vae, source

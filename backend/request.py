@@ -66,6 +66,8 @@ class DragRequest:
     params: DragParams = field(default_factory=DragParams)
     lora: LoraParams = field(default_factory=LoraParams)
     model: str = DEFAULT_MODEL
+    vae: str | None = None
+    """A diffusers VAE folder or hub id used instead of the model's own VAE (None: its own)."""
     generation: Generation | None = None
     """Set when the image was generated here: the drag then starts from its kept latents."""
     lora_image: np.ndarray | None = None
@@ -110,6 +112,10 @@ class DragRequest:
         _check(isinstance(self.prompt, str), "the prompt must be text")
         _check(len(self.prompt) <= 2000, "the prompt is too long (2000 characters at most)")
         _check(isinstance(self.model, str) and self.model != "", "no model given")
+        _check(
+            self.vae is None or (isinstance(self.vae, str) and self.vae.strip() != ""),
+            "the VAE must be a folder or hub id (or none for the model's own)",
+        )
         if self.lora_image is not None:
             li = self.lora_image
             _check(

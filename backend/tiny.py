@@ -39,10 +39,26 @@ def _tokenizer() -> Any:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def tiny_vae() -> Any:
+    """An ``AutoencoderKL`` of SD's shape (8× down, 4 latent channels), tiny and random."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=8,
+        sample_size=512,
+    )
+
+
 def build_tiny_pipeline(seed: int = 0, *, prediction_type: str = "epsilon") -> Any:
     """Return a ``StableDiffusionPipeline`` with random weights and SD-1.5's block layout."""
     from diffusers import (
-        AutoencoderKL,
         DDIMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -73,17 +89,7 @@ def build_tiny_pipeline(seed: int = 0, *, prediction_type: str = "epsilon") -> A
         attention_head_dim=2,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        norm_num_groups=8,
-        sample_size=512,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer.get_vocab()),
@@ -116,4 +122,15 @@ def save_tiny_model(directory: Path, seed: int = 0, *, prediction_type: str = "e
     pipe = build_tiny_pipeline(seed, prediction_type=prediction_type)
     directory.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def save_tiny_vae(directory: Path, seed: int = 1) -> Path:
+    """Write a tiny random VAE as a diffusers folder: a stand-in for e.g. an ft-MSE VAE."""
+    import torch
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tiny_vae().save_pretrained(directory, safe_serialization=True)
     return directory
