@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a .safetensors --model: diffusers folder or hub id of its base model, whose "
         "configs and tokenizer it uses (default: stable-diffusion-v1-5/stable-diffusion-v1-5)",
     )
+    edit.add_argument(
+        "--vae",
+        metavar="DIR_OR_ID",
+        help="diffusers VAE folder or hub id (e.g. stabilityai/sd-vae-ft-mse) to use instead of "
+        "the model's own VAE (default; with --project, an empty value goes back to it)",
+    )
     src = edit.add_mutually_exclusive_group(required=True)
     src.add_argument("--case", type=Path, help="a DragBench case folder")
     src.add_argument("--image", type=Path, help="the image to edit")
@@ -219,6 +225,7 @@ def _build_request(args: argparse.Namespace) -> Any:
         params=params,
         lora=lora,
         model=args.model,
+        vae=(args.vae or "").strip() or None,
     )
     request.validate()
     return request

@@ -419,7 +419,7 @@ class Engine:
             run.token.check()
             allow, self.allow_download = self.allow_download, False
             try:
-                self.load_model(request.model)
+                self.load_model(request.model, request.vae)
             finally:
                 self.allow_download = allow
             run.token.check()

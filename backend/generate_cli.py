@@ -23,6 +23,12 @@ def add_generate_command(sub: argparse._SubParsersAction[Any]) -> dict[str, Hand
     )
     gen.add_argument("--model", required=True, help="hub id, diffusers folder or .safetensors")
     gen.add_argument("--model-config", help="config folder or hub id for a .safetensors model")
+    gen.add_argument(
+        "--vae",
+        metavar="DIR_OR_ID",
+        help="diffusers VAE folder or hub id (e.g. stabilityai/sd-vae-ft-mse) to use instead of "
+        "the model's own VAE (not with --server)",
+    )
     gen.add_argument("--prompt", required=True, help="what to generate")
     gen.add_argument("--negative", default="", help="what to avoid (negative prompt)")
     gen.add_argument("--seed", type=int, default=0, help="noise seed (0)")
@@ -64,10 +70,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"the folder {path.parent} does not exist")
     from backend.server.cli_args import remote_engine
 
+    vae = (args.vae or "").strip() or None
     remote = remote_engine(args)
-    engine = remote or Engine(args.device, single_file_config=args.model_config)
+    if remote is not None and vae is not None:
+        remote.close()
+        raise InvalidRequest("--vae works with the local engine only, not with --server")
     try:
-        image, generation = engine.generate(spec, args.model)
+        if remote is not None:
+            image, generation = remote.generate(spec, args.model)
+        else:
+            engine = Engine(args.device, single_file_config=args.model_config)
+            image, generation = engine.generate(spec, args.model, vae=vae)
     finally:
         if remote is not None:
             remote.close()
@@ -75,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.save_project is not None:
         from backend.project import project_from_generation, save_project
 
-        save_project(project_from_generation(image, generation, args.model), args.save_project)
+        save_project(project_from_generation(image, generation, args.model, vae), args.save_project)
     if not args.quiet:
         where = f" and {args.save_project}" if args.save_project else ""
         print(f"wrote {args.out}{where}", file=sys.stderr)

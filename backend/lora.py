@@ -353,10 +353,13 @@ def install_bundled(
         return {"bundled": False}
     if request.lora.steps == 0:
         return {"bundled": True, "used": False, "why": "LoRA steps are 0"}
-    engine.load_model(request.model)
+    engine.load_model(request.model, request.vae)
     key = engine.lora_key_for(request)
     if key != bundled.key:
-        why = bundled.mismatch(request) or "the model's weights differ from the ones it was made on"
+        why = (
+            bundled.mismatch(request)
+            or "the model's or VAE's weights differ from the ones it was made on"
+        )
         return {"bundled": True, "used": False, "why": why}
     try:
         state, params, stored_key = lora_from_bytes(bundled.data, LORA)

@@ -1,8 +1,8 @@
 """What background preparation depends on: a key over the inputs of LoRA and inversion.
 
-The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model and the
-LoRA/inversion settings, never on the points or the mask. Two requests with the same key share
-one preparation; a new key supersedes a running one. Torch-free: the GUI computes it on its
+The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model (and VAE,
+which encodes what both learn from) and the LoRA/inversion settings, never on the points or the
+mask. Two requests with the same key share one preparation; a new key supersedes a running one. Torch-free: the GUI computes it on its
 thread to decide whether a preparation is still current.
 """
 
@@ -34,6 +34,7 @@ def preparation_key(request: DragRequest) -> str | None:
         _pixels(h, request.lora_image)
     inputs = {
         "model": request.model,
+        "vae": request.vae,
         "prompt": request.prompt,
         "lora": params_to_dict(request.lora),
         "inference_steps": p.inference_steps,

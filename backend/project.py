@@ -132,6 +132,8 @@ class Project:
     model: str
     history: tuple[HistoryEntry, ...] = ()
     lora: BundledLora | None = None
+    vae: str | None = None
+    """The VAE used instead of the model's own (None: its own; older files have none)."""
     generation: Generation | None = None
     """Set when ``original`` was generated here: its kept latents replace LoRA and inversion."""
     format_version: int = FORMAT_VERSION
@@ -157,6 +159,7 @@ class Project:
             params=self.params,
             lora=self.lora_params,
             model=self.model,
+            vae=self.vae,
             lora_image=lora_image,
             generation=None if self.history else self.generation,
         )
@@ -173,6 +176,7 @@ class Project:
             params=doc.params,
             lora_params=doc.lora,
             model=doc.model,
+            vae=doc.vae,
             history=tuple(doc.history),
             lora=lora,
             generation=doc.generation,
@@ -187,6 +191,7 @@ class Project:
         doc.set_prompt(self.prompt)
         doc.set_params(self.params, self.lora_params)
         doc.set_model(self.model)
+        doc.set_vae(self.vae)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +240,7 @@ def manifest_of(project: Project) -> dict[str, Any]:
         "params": params_to_dict(project.params),
         "lora_params": params_to_dict(project.lora_params),
         "model": project.model,
+        "vae": project.vae,
         "history": [_entry_json(n, e) for n, e in enumerate(project.history, 1)],
         "lora": None
         if lora is None
@@ -852,6 +858,7 @@ def _project(archive: Archive) -> Project:
         params=_params(DragParams, manifest.get("params"), "params"),
         lora_params=_params(LoraParams, manifest.get("lora_params"), "lora_params"),
         model=_model(manifest.get("model")),
+        vae=_text(manifest.get("vae") or "", "vae").strip() or None,
         history=history,
         lora=lora,
         generation=generation,
@@ -925,6 +932,7 @@ def describe(project: Project, path: str | Path | None = None) -> str:
         f"mask:      {coverage}",
         f"prompt:    {project.prompt!r}",
         f"model:     {project.model}",
+        f"VAE:       {project.vae or 'the model' + chr(39) + 's own'}",
         f"drag:      {project.params.drag_steps} steps, {project.params.inference_steps} DDIM "
         f"steps, inversion {project.params.inversion_strength:g}, "
         f"width {project.params.working_width}",
@@ -955,7 +963,9 @@ def describe(project: Project, path: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def project_from_generation(image: np.ndarray, generation: Generation, model: str) -> Project:
+def project_from_generation(
+    image: np.ndarray, generation: Generation, model: str, vae: str | None = None
+) -> Project:
     """A new session on a generated image: no points or mask yet, its latents kept.
 
     The prompt is the generation's, so a LoRA trained after a result is accepted learns the
@@ -969,5 +979,6 @@ def project_from_generation(image: np.ndarray, generation: Generation, model: st
         params=DragParams(),
         lora_params=LoraParams(),
         model=model,
+        vae=vae,
         generation=generation,
     )

@@ -100,6 +100,9 @@ def test_malformed_and_refused_messages_get_clear_errors_and_the_session_lives_o
         with pytest.raises(RemoteError) as e:
             await client.call({"type": "edit", "request": {**body, "model": "/etc/passwd"}})
         assert e.value.code == protocol.MODEL_NOT_ALLOWED and "tiny" in str(e.value)
+        with pytest.raises(RemoteError) as e:
+            await client.call({"type": "edit", "request": {**body, "vae": "/etc"}})
+        assert e.value.code == protocol.MODEL_NOT_ALLOWED and "own VAE" in str(e.value)
         await client._ws.send("{not json")  # a raw malformed frame: an error, not a hang-up
         await client.call({"type": "ping"})
         assert client.connected

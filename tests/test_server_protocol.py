@@ -86,6 +86,9 @@ def test_requests_round_trip_through_uploads_and_are_validated(photo: np.ndarray
     assert np.array_equal(back.image, photo) and np.array_equal(back.mask, mask)
     assert back.pairs == request.pairs and back.params == request.params
     assert back.lora == request.lora and back.prompt == "a cat"
+    assert back.vae is None and "vae" not in data
+    with_vae = request_from_json({**data, "vae": "stabilityai/sd-vae-ft-mse"}, store.get)
+    assert with_vae.vae == "stabilityai/sd-vae-ft-mse"
     with pytest.raises(ProtocolError, match="unknown field"):
         request_from_json({**data, "path": "/etc/passwd"}, store.get)
     with pytest.raises(ProtocolError, match="unknown field"):

@@ -308,6 +308,10 @@ class Server:
             raise ProtocolError(MODEL_NOT_ALLOWED, f"this server does not offer the model "
                                 f"{str(model)[:200]!r}; it offers: "
                                 f"{', '.join(sorted(self.config.models)) or 'none'}")  # fmt: skip
+        if kind == "edit" and h["request"].get("vae") is not None:
+            # Models are the operator's choice; a client's VAE would be a path on this machine.
+            raise ProtocolError(MODEL_NOT_ALLOWED, "this server uses each model's own VAE; "
+                                "clear the VAE choice to edit here")  # fmt: skip
         if len(s.jobs) >= self.limits.max_queued_jobs:
             raise ProtocolError(QUEUE_FULL, f"you have {len(s.jobs)} jobs waiting; at most "
                                 f"{self.limits.max_queued_jobs}")  # fmt: skip

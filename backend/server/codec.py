@@ -90,7 +90,7 @@ def decode_png(data: bytes, where: str, *, mask: bool = False, max_pixels: int) 
 # -- requests ---------------------------------------------------------------------------------
 
 _REQUEST_REQUIRED = {"image", "pairs", "prompt", "params", "lora", "model"}
-_REQUEST_OPTIONAL = {"mask", "lora_image", "generation"}
+_REQUEST_OPTIONAL = {"mask", "lora_image", "generation", "vae"}
 _GENERATION_FIELDS = {"prompt", "negative_prompt", "seed", "width", "height", "guidance_scale",
                       "steps"}  # fmt: skip
 
@@ -147,6 +147,8 @@ def request_to_json(request: DragRequest, blobs: dict[str, str]) -> dict[str, An
         "lora": params_to_dict(request.lora),
         "model": request.model,
     }
+    if request.vae is not None:
+        out["vae"] = request.vae
     if request.mask is not None:
         out["mask"] = blobs["mask"]
     if request.lora_image is not None:
@@ -203,6 +205,7 @@ def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
         params=_strict_params(DragParams, obj["params"], "request.params"),
         lora=_strict_params(LoraParams, obj["lora"], "request.lora"),
         model=require_str(obj["model"], "request.model", 1000),
+        vae=None if obj.get("vae") is None else require_str(obj["vae"], "request.vae", 1000),
         generation=generation,
         lora_image=lora_image,
     )

@@ -149,7 +149,7 @@ class EngineWorker:
         assert job.request is not None
         request = replace(job.request, model=job.spec)
         if job.retrain_lora or job.lora_file is not None:
-            engine.load_model(request.model)
+            engine.load_model(request.model, request.vae)
             key = engine.lora_key_for(request)
             if job.retrain_lora:
                 engine.forget_lora()
