@@ -2,8 +2,8 @@
 
 The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model (and VAE,
 which encodes what both learn from) and the LoRA/inversion settings, never on the points or the
-mask. Two requests with the same key share one preparation; a new key supersedes a running one. Torch-free: the GUI computes it on its
-thread to decide whether a preparation is still current.
+mask. Two requests with the same key share one preparation; a new key supersedes a running one.
+Torch-free: the GUI computes it on its thread to decide whether a preparation is still current.
 """
 
 from __future__ import annotations

@@ -65,6 +65,7 @@ class Settings:
     recent_models: tuple[str, ...] = _key(
         (), "Recently used models, newest first.", max_items=MAX_RECENT
     )
+    vae: str = _key("", "The VAE the next edit uses instead of the model's own (empty: its own).")
     keep_photo_lora: bool = _key(True, "Dragging a result again keeps the photo's LoRA.")
     drag_quality: str = _key(
         "final",

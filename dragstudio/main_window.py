@@ -348,6 +348,8 @@ class MainWindow(QMainWindow):
     def _build_docks(self) -> None:
         self.parameters = ParametersPanel(self.document, self.undo_stack)
         self.model_picker = ModelPicker(self.document, self.prefs)
+        # The VAE's default is the model's own: "Reset to defaults" goes back to it too.
+        self.parameters.reset_button.clicked.connect(lambda: self.model_picker.choose_vae(""))
         self.progress_slot = QVBoxLayout()
         """Where the Drag button, the progress panel and the result bar go (see drag_ui)."""
         self.progress_slot.setContentsMargins(0, 0, 0, 0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from backend.cancel import CancelToken
-from backend.errors import Cancelled, DragStudioError, ModelNotFound
+from backend.errors import Cancelled, DragStudioError, ModelNotFound, VaeNotFound
 from backend.events import Event, Stage, StageFinished, StageStarted, StepProgress
 from backend.preparation import preparation_key
 from backend.request import DragRequest
@@ -39,7 +39,7 @@ class CancelTokenLike(Protocol):
 class EngineLike(Protocol):
     """What the host needs of :class:`backend.engine.Engine` (a fake stands in for tests)."""
 
-    def load_model(self, spec: str) -> float: ...
+    def load_model(self, spec: str, vae: str | None = None) -> float: ...
 
     def edit(self, request: DragRequest, on_event: Any, cancel: Any) -> Any: ...
 
@@ -128,6 +128,12 @@ def describe_failure(exc: BaseException) -> Failure:
             "other programs that use the GPU, or running on the CPU.",
             details,
             out_of_memory=True,
+        )
+    if isinstance(exc, VaeNotFound):
+        return Failure(
+            gui_wording(str(exc)),
+            "Choose another VAE, or clear the VAE field to use the model's own.",
+            details,
         )
     if isinstance(exc, ModelNotFound):
         return Failure(
@@ -322,7 +328,7 @@ class EngineHost(BusyNotifier):
 
         def work(engine: EngineLike, token: CancelTokenLike, emit: Callable[[Event], None]) -> Any:
             if retrain_lora:
-                engine.load_model(request.model)
+                engine.load_model(request.model, request.vae)
                 engine.forget_lora()
                 cache = getattr(engine, "lora_cache", None)
                 key_for = getattr(engine, "lora_key_for", None)

@@ -1,4 +1,5 @@
-"""Choose the Stable Diffusion model: a hub id, a local diffusers folder or one checkpoint file.
+"""Choose the Stable Diffusion model (a hub id, a local diffusers folder or one checkpoint file)
+and, optionally, a VAE to use instead of its own (a diffusers VAE folder or hub id).
 
 The choice is a preference rather than an edit, so it is remembered in settings and is not on
 the undo stack; the document carries it so that the request names the model it ran with.
@@ -11,6 +12,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
+    QLineEdit,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -53,14 +55,33 @@ class ModelPicker(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(row)
 
+        self.vae_edit = QLineEdit()
+        self.vae_edit.setPlaceholderText("model's own VAE")
+        self.vae_edit.setClearButtonEnabled(True)
+        self.vae_edit.setToolTip(
+            "A VAE to use instead of the model's own: a diffusers VAE folder or a hub id such as "
+            "stabilityai/sd-vae-ft-mse. Empty: the model's own VAE."
+        )
+        self.vae_button = QToolButton(icon=icon("folder"), toolTip="Use a local VAE folder…")
+        vae_row = QHBoxLayout()
+        vae_row.setContentsMargins(0, 0, 0, 0)
+        vae_row.setSpacing(4)
+        vae_row.addWidget(self.vae_edit, 1)
+        vae_row.addWidget(self.vae_button)
+        layout.addLayout(vae_row)
+
         self.combo.activated.connect(lambda _i: self.choose(self.combo.currentText()))
         self.combo.lineEdit().editingFinished.connect(lambda: self.choose(self.combo.currentText()))
         self.folder_button.clicked.connect(self._browse_folder)
         self.file_button.clicked.connect(self._browse_file)
+        self.vae_edit.editingFinished.connect(lambda: self.choose_vae(self.vae_edit.text()))
+        self.vae_button.clicked.connect(self._browse_vae)
 
         remembered = prefs.get("model") or DEFAULT_MODEL
         self._fill(remembered)
         document.set_model(remembered)
+        document.set_vae(prefs.get("vae"))
+        self.vae_edit.setText(document.vae or "")
         self._unsubscribe = document.subscribe(self._on_document)
         self.destroyed.connect(lambda *_: self._unsubscribe())
 
@@ -86,9 +107,25 @@ class ModelPicker(QWidget):
         if self.combo.currentText() != model or self.combo.itemText(0) != model:
             self._fill(model)
 
+    def choose_vae(self, vae: str) -> None:
+        """Use ``vae`` instead of the model's own from now on (empty: the model's own)."""
+        self._prefs.update(vae=vae.strip())
+        self._doc.set_vae(vae)
+        if self.vae_edit.text() != (self._doc.vae or ""):
+            self.vae_edit.setText(self._doc.vae or "")
+
     def _on_document(self, notice: Notice) -> None:
-        if notice.change == Change.MODEL and self.combo.currentText() != self._doc.model:
+        if notice.change != Change.MODEL:
+            return
+        if self.combo.currentText() != self._doc.model:
             self._fill(self._doc.model)
+        if self.vae_edit.text().strip() != (self._doc.vae or ""):
+            self.vae_edit.setText(self._doc.vae or "")
+
+    def _browse_vae(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a diffusers VAE folder")
+        if folder:
+            self.choose_vae(folder)
 
     def _browse_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder")

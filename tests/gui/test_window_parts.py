@@ -226,3 +226,34 @@ def test_startup_imports_no_torch_nor_the_engine(sample_image: Path, tmp_path) -
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "ok"
+
+
+def test_the_vae_field_reaches_the_request_is_remembered_and_reset(
+    window, settings, sample_image: Path, qtbot, tmp_path
+) -> None:
+    from backend.document import Pair
+    from dragstudio.main_window import MainWindow
+
+    field = window.model_picker.vae_edit
+    assert field.placeholderText() == "model's own VAE" and field.text() == ""
+    window.open_path(sample_image)
+    window.document.set_pairs([Pair((10.0, 10.0), (20.0, 10.0))])
+    assert window.drag_ui.runner.build_request().vae is None
+    vae = str(tmp_path / "sd-vae-ft-mse")
+    qtbot.keyClicks(field, vae)
+    qtbot.keyClick(field, Qt.Key.Key_Return)
+    assert window.document.vae == vae
+    assert window.drag_ui.runner.build_request().vae == vae
+    window.close()
+    again = MainWindow(settings)
+    try:
+        assert again.document.vae == vae and again.model_picker.vae_edit.text() == vae
+        again.parameters.reset_button.click()
+        assert again.document.vae is None and again.model_picker.vae_edit.text() == ""
+    finally:
+        again.deleteLater()
+    third = MainWindow(settings)
+    try:
+        assert third.document.vae is None  # the reset is remembered
+    finally:
+        third.deleteLater()
