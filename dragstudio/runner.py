@@ -328,7 +328,10 @@ class EngineHost(BusyNotifier):
 
         def work(engine: EngineLike, token: CancelTokenLike, emit: Callable[[Event], None]) -> Any:
             if retrain_lora:
-                engine.load_model(request.model, request.vae)
+                if request.vae is None:
+                    engine.load_model(request.model)
+                else:
+                    engine.load_model(request.model, request.vae)
                 engine.forget_lora()
                 cache = getattr(engine, "lora_cache", None)
                 key_for = getattr(engine, "lora_key_for", None)
