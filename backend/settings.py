@@ -79,6 +79,11 @@ class Settings:
         "GPU memory plan (backend/memory.py): auto picks from the free memory; high, 8gb, 6gb.",
         choices=MEMORY_PLANS,
     )
+    prepare_in_background: bool = _key(
+        True,
+        "Train the LoRA and invert the photo while points are placed, so Drag starts at once "
+        "(turn off on battery).",
+    )
     model_config: str = _key(
         "",
         "For a single-file (.safetensors) model: diffusers folder or hub id of its base model, "

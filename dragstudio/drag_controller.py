@@ -114,6 +114,13 @@ class DragController(QObject):
 
     def build_request(self, quality: Quality | None = None) -> DragRequest:
         """The document as a request, validated; raises InvalidRequest with the reason."""
+        request = self.build_request_unchecked(quality)
+        request.validate()
+        return request
+
+    def build_request_unchecked(self, quality: Quality | None = None) -> DragRequest:
+        """The document as the next Drag would send it (at the chosen quality), not validated:
+        background preparation needs it before any point exists."""
         request = self.document.to_request(keep_photo_lora=self.keep_photo_lora)
         run = params_for(request.params, quality or self.quality)
         if run != request.params:
@@ -122,7 +129,6 @@ class DragController(QObject):
             request = replace(
                 request, params=replace(request.params, preview_every=self.preview_every)
             )
-        request.validate()
         return request
 
     def cancel(self) -> None:

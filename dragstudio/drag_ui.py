@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QMenu
+from PySide6.QtWidgets import QLabel, QMenu
 
 from backend.document import Change, Notice
 from backend.events import Stage, StageStarted, StepProgress
@@ -27,6 +27,7 @@ from dragstudio.drag_controller import DragController, PendingResult
 from dragstudio.drag_readiness import drag_blocker, hub_model_cached, looks_like_hub_id
 from dragstudio.panels.progress import ProgressPanel
 from dragstudio.panels.results import ResultBar, ResultsHistory
+from dragstudio.preparer import Preparer
 from dragstudio.quality import Quality
 from dragstudio.runner import EngineHost, Failure
 
@@ -52,6 +53,16 @@ class DragUI:
         self._step_message = ""
         """The status-bar text of the running optimisation, cleared when the job ends."""
         self._missing_note = ""
+        self.preparer = Preparer(
+            window.document,
+            host,
+            self.runner.build_request_unchecked,
+            enabled=window.prefs.get("prepare_in_background"),
+            parent=window,
+        )
+        self.preparing_label = QLabel("")
+        window.statusBar().addWidget(self.preparing_label)
+        self.preparer.statusChanged.connect(self.preparing_label.setText)
 
         self.progress = ProgressPanel()
         self.result_bar = ResultBar()
@@ -106,12 +117,21 @@ class DragUI:
         keep.setChecked(self.window.prefs.get("keep_photo_lora"))
         self.runner.keep_photo_lora = keep.isChecked()
         keep.toggled.connect(self._set_keep_photo_lora)
+        background: QAction = a(
+            "prepare_in_background",
+            "Prepare in the Bac&kground",
+            None,
+            tip="Train the LoRA and invert the photo while you place points (off: on battery)",
+            checkable=True,
+        )
+        background.setChecked(self.window.prefs.get("prepare_in_background"))
+        background.toggled.connect(self._set_prepare_in_background)
 
         bar = self.window.menuBar()
         drag_menu = QMenu("&Drag", self.window)
         bar.insertMenu(bar.actions()[-1], drag_menu)  # before Help
         for name in ("drag", "cancel", "-", "accept", "discard", "show_before", "-",
-                     "retrain_lora", "keep_photo_lora"):  # fmt: skip
+                     "retrain_lora", "keep_photo_lora", "prepare_in_background"):  # fmt: skip
             if name == "-":
                 drag_menu.addSeparator()
             else:
@@ -211,6 +231,8 @@ class DragUI:
         if unsubscribe is not None:
             unsubscribe()
         self._host = host
+        if hasattr(self, "preparer"):
+            self.preparer.set_host(host)
         if hasattr(self, "runner"):  # after construction: follow the new host at once
             self._unsubscribe_host = host.on_busy_changed(self._host_busy_changed)
             self._update_enabled()
@@ -228,7 +250,12 @@ class DragUI:
         self._step_message = ""
         self._update_enabled()
 
+    def _set_prepare_in_background(self, on: bool) -> None:
+        self.preparer.set_enabled(on)
+        self.window.prefs.update(prepare_in_background=on)
+
     def shutdown(self) -> None:
+        self.preparer.close()
         self._unsubscribe()
         self._unsubscribe_host()
         self.host.shutdown()
@@ -244,6 +271,8 @@ class DragUI:
             if self.window.statusBar().currentMessage() == self._step_message:
                 self.window.statusBar().clearMessage()
             self._step_message = ""
+        if not busy:
+            self.preparer.schedule()  # e.g. an accepted result or a cancelled drag
         self._update_enabled()
 
     def _stage_started(self, event: StageStarted) -> None:

@@ -42,6 +42,9 @@ def no_close_questions(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> QSettings:
+    """Background preparation off: these tests time and cancel the Drag's own stages
+    (tests/gui/test_prepare_window.py turns it on)."""
+    (tmp_path / "settings.json").write_text('{"version": 1, "prepare_in_background": false}')
     return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
 
 

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
 from backend.errors import Cancelled
 from backend.events import Stage, StageFinished, StageStarted, StepProgress
-from backend.request import DragParams, LoraParams
+from backend.request import DragParams, DragRequest, LoraParams, PointPair
 from backend.result import LoraOutcome, Trace
 from dragstudio.drag_controller import PendingResult
 from dragstudio.runner import EngineHost
@@ -404,7 +404,7 @@ def test_quitting_during_a_drag_asks_then_cancels(w: Any, loop: Any, sample_imag
 def test_exit_does_not_wait_for_an_engine_that_cannot_stop(loop: Any) -> None:
     host = EngineHost(ScriptedEngine)
     ScriptedEngine.stuck.set()
-    request = SimpleNamespace(image=np.zeros((4, 4, 3), np.uint8), pairs=())
+    request = DragRequest(np.zeros((16, 16, 3), np.uint8), (PointPair((2.0, 2.0), (9.0, 9.0)),))
     try:
         task = loop.create_task(host.run_edit(request))  # type: ignore[arg-type]
         run_until(loop, lambda: host.engine_busy)

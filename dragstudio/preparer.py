@@ -1,0 +1,145 @@
+"""Prepare the open photo in the background so a Drag starts at optimisation.
+
+When a photo opens, or its prompt, model or LoRA/inversion settings change, a debounce timer
+starts; when it fires and the engine is idle, :meth:`EngineHost.prepare` trains the LoRA and
+inverts the photo on the engine thread. Photos only glanced at never get that far. Switching or
+closing the photo cancels the preparation (the engine stops within one step); a Drag of the
+same inputs waits for it instead of starting over. The status bar shows it quietly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from backend.document import Change, Document, Notice
+from backend.errors import InvalidRequest
+from backend.events import Event, Stage, StageStarted, StepProgress
+from backend.preparation import preparation_key
+from backend.request import DragRequest
+from dragstudio.runner import EngineHost, Outcome
+
+DEBOUNCE_MS = 1500
+"""How long the inputs must stay unchanged before preparing (a glance costs nothing)."""
+STAGE_NAMES = {Stage.LOAD: "model", Stage.LORA: "LoRA", Stage.INVERSION: "inversion"}
+INPUTS = (Change.IMAGE, Change.PROMPT, Change.PARAMS, Change.MODEL, Change.HISTORY)
+"""Changes that may change what preparation depends on (points and mask never do)."""
+
+
+class Preparer(QObject):
+    statusChanged = Signal(str)
+    """One quiet line, e.g. "Preparing · LoRA 34/80"; empty when there is nothing to say."""
+    prepared = Signal(str)
+    """The key of a finished preparation."""
+
+    def __init__(
+        self,
+        document: Document,
+        host: EngineHost,
+        build_request: Callable[[], DragRequest],
+        *,
+        enabled: bool = True,
+        delay_ms: int = DEBOUNCE_MS,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.host = host
+        self.build_request = build_request
+        """The document as the next Drag would send it (points not needed)."""
+        self.enabled = enabled
+        self.task: asyncio.Future[Outcome] | None = None
+        self.done_key: str | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(delay_ms)
+        self._timer.timeout.connect(self.start_now)
+        self._unsubscribe = document.subscribe(self._on_document)
+
+    def set_enabled(self, enabled: bool) -> None:
+        self.enabled = enabled
+        if enabled:
+            self.schedule()
+        else:
+            self.cancel()
+
+    def set_host(self, host: EngineHost) -> None:
+        """The engine moved (this computer ↔ a server): stop preparing on the old one."""
+        self.cancel()
+        self.host = host
+        self.done_key = None
+        self.schedule()
+
+    @property
+    def supported(self) -> bool:
+        """Hosts without background preparation (a remote engine, for now) are left alone."""
+        return hasattr(self.host, "prepare")
+
+    def schedule(self) -> None:
+        """(Re)start the debounce; preparation begins when the inputs have settled."""
+        if self.enabled and self.supported and self.document.has_image:
+            self._timer.start()
+
+    def cancel(self) -> None:
+        """Stop the timer and any preparation (the engine stops at its next step)."""
+        self._timer.stop()
+        if self.supported and self.host.cancel_preparation():
+            self.statusChanged.emit("")
+
+    def close(self) -> None:
+        self.cancel()
+        self._unsubscribe()
+
+    def current_key(self) -> tuple[DragRequest, str] | None:
+        try:
+            request = self.build_request()
+            request = replace(request, pairs=())  # points never matter here
+            request.validate(require_pairs=False)
+        except InvalidRequest:
+            return None
+        key = preparation_key(request)
+        return (request, key) if key is not None else None
+
+    def start_now(self) -> asyncio.Future[Outcome] | None:
+        """Prepare the document's current inputs unless that is done or running already."""
+        if not self.enabled or not self.supported or self.host.busy:
+            return None  # a running job fills the caches itself; we try again when it ends
+        current = self.current_key()
+        if current is None:
+            self.cancel()
+            return None
+        request, key = current
+        if key in (self.done_key, self.host.preparing):
+            return None
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        self.task = loop.create_task(self._run(request, key))
+        return self.task
+
+    async def _run(self, request: DragRequest, key: str) -> Outcome:
+        self.statusChanged.emit("Preparing…")
+        outcome = await self.host.prepare(request, self._on_event)
+        if outcome.ok:
+            self.done_key = key
+            self.statusChanged.emit("Ready to drag")
+            self.prepared.emit(key)
+        elif self.host.preparing is None:  # not superseded by a newer one
+            failure = outcome.failure
+            note = "" if failure is None or failure.cancelled else f": {failure.message}"
+            self.statusChanged.emit(f"Not prepared{note}" if note else "")
+        return outcome
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, StageStarted) and event.stage in STAGE_NAMES:
+            self.statusChanged.emit(f"Preparing · {STAGE_NAMES[event.stage]}")
+        elif isinstance(event, StepProgress) and event.stage in STAGE_NAMES:
+            name = STAGE_NAMES[event.stage]
+            self.statusChanged.emit(f"Preparing · {name} {event.step}/{event.total}")
+
+    def _on_document(self, notice: Notice) -> None:
+        if notice.change == Change.IMAGE:
+            self.cancel()  # another photo (or none): the running preparation is moot
+        if notice.change in INPUTS:
+            self.schedule()

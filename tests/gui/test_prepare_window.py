@@ -1,0 +1,126 @@
+"""Background preparation in the real window with the tiny model: after the photo has been open
+a moment, Drag skips LoRA and inversion; switching photos cancels a running preparation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from gui_helpers import click, make_window
+from PIL import Image
+from PySide6.QtCore import QSettings
+
+from backend.events import Stage, StageStarted, StepProgress
+from backend.request import LoraParams
+from dragstudio.runner import EngineHost, default_engine_factory
+
+
+@pytest.fixture
+def prepared_window(qtbot: Any, tmp_path: Path, loop: Any) -> Any:
+    ini = tmp_path / "on.ini"
+    ini.with_suffix(".json").write_text(json.dumps({"version": 1}))  # the default: on
+    settings = QSettings(str(ini), QSettings.Format.IniFormat)
+    host = EngineHost(default_engine_factory("cpu", str(tmp_path / "lora")))
+    w = make_window(qtbot, settings, host)
+    assert w.drag_ui.preparer.enabled and w.actions["prepare_in_background"].isChecked()
+    w.drag_ui.preparer._timer.setInterval(50)  # the debounce, shortened for the test
+    yield w
+    w.close()
+    host.wait_closed()
+
+
+def run_until(loop: Any, predicate: Any, timeout: float) -> None:
+    """Run the asyncio loop (timers, engine events) until ``predicate()`` holds."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    loop.run_until_complete(asyncio.wait_for(poll(), timeout))
+
+
+def photo(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:192, 0:192].astype(np.float32)
+    img = 128 + 90 * np.sin(x / (11 + seed) + y / 17)[..., None] + rng.normal(0, 4, (192, 192, 3))
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def small(w: Any, model: Path, lora_steps: int) -> None:
+    doc = w.document
+    doc.set_params(
+        replace(doc.params, working_width=128, inference_steps=6, drag_steps=3),
+        LoraParams(steps=lora_steps, batch_size=1, rank=4, resolution=128),
+    )
+    w.model_picker.choose(str(model))
+
+
+def test_drag_after_preparation_skips_lora_and_inversion(
+    prepared_window: Any, qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    w = prepared_window
+    preparer = w.drag_ui.preparer
+    statuses: list[str] = []
+    preparer.statusChanged.connect(statuses.append)
+    assert w.open_path(photo(tmp_path / "a.png", 1))
+    small(w, tiny_model_dir, lora_steps=3)
+    run_until(loop, lambda: preparer.task is not None, 10)  # the debounce fired
+    done = loop.run_until_complete(asyncio.wait_for(preparer.task, 240))
+    assert done.ok, done.failure
+    assert "Preparing · LoRA 3/3" in statuses and any("inversion" in s for s in statuses)
+    assert w.drag_ui.preparing_label.text() == "Ready to drag"
+    assert not w.drag_ui.runner.busy  # preparing is not a running job: the window stays free
+
+    for p in ((60.0, 96.0), (100.0, 96.0)):  # points never restart a preparation
+        click(w.canvas, w.canvas.image_to_view(p))
+    assert w.drag_ui.preparer.start_now() is None
+    w.drag_ui.progress.drag_button.click()
+    outcome = loop.run_until_complete(asyncio.wait_for(w.drag_ui.task, 240))
+    assert outcome.ok, outcome.failure
+    events = w.drag_ui.runner.events
+    started = {e.stage: e.detail for e in events if isinstance(e, StageStarted)}
+    assert started[Stage.LORA] == "reusing the LoRA in memory"
+    assert started[Stage.INVERSION] == "reusing the inverted latent"
+    steps = {e.stage for e in events if isinstance(e, StepProgress)}
+    assert Stage.LORA not in steps and Stage.INVERSION not in steps
+    assert outcome.value.trace.lora.source == "memory"
+    assert w.failures == []
+
+
+def test_switching_photos_cancels_the_running_preparation(
+    prepared_window: Any, qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    w = prepared_window
+    host, preparer = w.drag_ui.host, w.drag_ui.preparer
+    statuses: list[str] = []
+    preparer.statusChanged.connect(statuses.append)
+    assert w.open_path(photo(tmp_path / "a.png", 2))
+    small(w, tiny_model_dir, lora_steps=500)  # long enough to be caught in the middle
+    run_until(loop, lambda: preparer.task is not None, 10)
+    task = preparer.task
+
+    run_until(loop, lambda: any(s.startswith("Preparing · LoRA 1/") for s in statuses), 240)
+    first = host.preparing
+    assert first is not None
+    assert w.open_path(photo(tmp_path / "b.png", 3))  # another photo: cancelled at once
+    assert host.preparing is None
+    outcome = loop.run_until_complete(asyncio.wait_for(task, 60))
+    assert outcome.failure is not None and outcome.failure.cancelled
+    # The engine stopped within a step or so, far before the 500 asked for.
+    done = [int(s.split()[-1].split("/")[0]) for s in statuses if "LoRA " in s and "/" in s]
+    assert max(done) < 20
+    # The debounce then prepares the new photo: a different preparation, cancelled on close.
+    run_until(loop, lambda: preparer.task is not task, 10)
+
+    run_until(loop, lambda: host.preparing not in (None, first), 60)
+    second = preparer.task
+    w.close()
+    assert host.preparing is None
+    outcome = loop.run_until_complete(asyncio.wait_for(second, 120))
+    assert outcome.failure is not None and outcome.failure.cancelled
