@@ -329,7 +329,15 @@ def trace_from_json(value: Any) -> Trace:
     if len(json.dumps(obj)) > 16 * 2**20:
         raise fail("trace", "too large")
     names = {f.name for f in fields(Trace)}
-    require_keys(obj, "trace", names - {"memory"}, {"memory"})
+    in_memory = {"memory", "memory_plan", "memory_fallback"}  # Trace.to_dict nests these
+    require_keys(obj, "trace", names - in_memory, {"memory"})
+    memory = dict(require_obj(obj.get("memory", {}), "trace.memory"))
+    plan = require_str(memory.pop("plan", "high"), "trace.memory.plan", 20)
+    fallback = None
+    if "fallback" in memory:
+        raw = require_obj(memory.pop("fallback"), "trace.memory.fallback")
+        fallback = {require_str(k, "trace.memory.fallback", 20): require_str(
+            v, "trace.memory.fallback", 500) for k, v in raw.items()}  # fmt: skip
 
     def points(v: Any, where: str) -> tuple[tuple[float, float], ...]:
         out = []
@@ -396,5 +404,7 @@ def trace_from_json(value: Any) -> Trace:
         ddim_steps=require_int(obj["ddim_steps"], "trace.ddim_steps", 0, 10**6),
         params=_strict_params(DragParams, obj["params"], "trace.params"),
         lora_params=_strict_params(LoraParams, obj["lora_params"], "trace.lora_params"),
-        memory=seconds(obj.get("memory", {}), "trace.memory"),
+        memory=seconds(memory, "trace.memory"),
+        memory_plan=plan,
+        memory_fallback=fallback,
     )
