@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     from backend.server.cli_args import add_server_args
 
     add_server_args(edit)
+    from backend.method_cli import add_method_args
+
+    add_method_args(edit)
     from backend.bench.cli import add_bench_commands  # bench, bench-metrics
 
     COMMANDS.update(add_bench_commands(sub))
@@ -289,6 +292,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         raise InvalidRequest("give --model (or --project, which names one)")
     else:
         request = _build_request(args)
+    from backend.method_cli import apply_method_args
+
+    request = apply_method_args(args, request)
     out: Path = args.out
     if not out.parent.exists():
         raise InvalidRequest(f"the folder {out.parent} does not exist")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,7 @@ from PIL import Image, ImageCms, ImageOps
 from backend import limits
 from backend.errors import InvalidRequest
 from backend.imagefile import DECODE_ERRORS, ImageRefused, open_image
+from backend.methods import PAPER, GoodDragParams, check_method
 from backend.request import DEFAULT_MODEL, DragParams, DragRequest, LoraParams, PointPair
 
 if TYPE_CHECKING:
@@ -301,6 +302,8 @@ class HistoryEntry:
     seconds: float
     lora_reused: bool = False
     final_handles: tuple[Point, ...] = ()
+    method: str = PAPER
+    gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +324,8 @@ class Document:
         self.model: str = DEFAULT_MODEL
         self.vae: str | None = None
         """A VAE used instead of the model's own (None: its own)."""
+        self.method: str = PAPER
+        self.gooddrag: GoodDragParams = GoodDragParams()
         self.original: np.ndarray | None = None
         """The photo as opened: accepted results replace ``image`` but not this, so dragging
         them again can keep the LoRA trained on the photo."""
@@ -556,6 +561,13 @@ class Document:
             self.lora = lora
         self._notify(Notice(Change.PARAMS))
 
+    def set_method(self, method: str, gooddrag: GoodDragParams | None = None) -> None:
+        """Choose the drag method (``paper`` or ``gooddrag``); a parameters change."""
+        self.method = check_method(method)
+        if gooddrag is not None:
+            self.gooddrag = gooddrag
+        self._notify(Notice(Change.PARAMS))
+
     def set_model(self, model: str) -> None:
         if model != self.model:
             self.model = model
@@ -595,6 +607,8 @@ class Document:
             vae=self.vae,
             lora_image=lora_image,
             generation=self.generation if not self.history else None,
+            method=self.method,
+            gooddrag=self.gooddrag,
         )
 
     def load_request(self, request: DragRequest, path: str | Path | None = None) -> None:
@@ -605,6 +619,7 @@ class Document:
         self.set_pairs(Pair(p.handle, p.target) for p in request.pairs)
         self.set_prompt(request.prompt)
         self.set_params(request.params, request.lora)
+        self.set_method(request.method, request.gooddrag)
         self.set_model(request.model)
         self.set_vae(request.vae)
 

@@ -37,6 +37,7 @@ from backend.events import (
 )
 from backend.features import unet_with_features
 from backend.generation import Generation, feature_weights
+from backend.gooddrag import AlddOutcome
 from backend.lora import (
     cache_lora,
     cached_lora,
@@ -58,6 +59,7 @@ from backend.memory import (
     resident,
     resolve_plan,
 )
+from backend.methods import GOODDRAG
 from backend.models import (
     ModelSource,
     default_dtype,
@@ -387,15 +389,23 @@ class Engine:
         plan = self._plan(request)
         # 3. The latent to drag: LoRA + DDIM inversion of a photo, or a generation's own latent.
         start = self._start_latent(run, plan)
-        # 4. Latent optimisation: motion supervision and point tracking.
-        outcome, iterations = self._optimise(run, plan, start.latent)
-        # 5. Denoising beside the reference with reference-latent-control, then decoding.
-        working = self._denoise_and_decode(run, plan, start, outcome.latent)
+        outcome: DragOutcome | AlddOutcome
+        gooddrag: dict[str, Any] | None = None
+        if request.method == GOODDRAG:
+            # 4-5. GoodDrag: drag steps alternate with denoising steps, then controlled denoising.
+            from backend.gooddrag_engine import run_gooddrag
+
+            outcome, iterations, working, gooddrag = run_gooddrag(self, run, plan, start)
+        else:
+            # 4. Latent optimisation: motion supervision and point tracking.
+            outcome, iterations = self._optimise(run, plan, start.latent)
+            # 5. Denoising beside the reference with reference-latent-control, then decoding.
+            working = self._denoise_and_decode(run, plan, start, outcome.latent)
         # 6. The result at the user's resolution, their pixels kept outside the mask.
         result = self._compose(request, working)
         # 7. The trace.
         run.stages["total"] = time.perf_counter() - run.t_total
-        trace = self._trace(run, plan, start.lora, outcome, iterations)
+        trace = self._trace(run, plan, start.lora, outcome, iterations, gooddrag)
         return EditResult(result, trace, working)
 
     def prepare(
@@ -515,8 +525,7 @@ class Engine:
     ) -> tuple[DragOutcome, list[Iteration]]:
         """Step 4: move the handles' features towards their targets by optimising ``z_t``."""
         request, params, t = run.request, run.request.params, plan.t
-        unet, guidance, text = self.pipe.unet, plan.guidance, plan.text
-        cfg = guidance > 1.0
+        unet = self.pipe.unet
         handles_f = imaging.feature_grid_points(plan.handles, plan.image_size, plan.feature_hw)
         targets_f = imaging.feature_grid_points(plan.targets, plan.image_size, plan.feature_hw)
         mask = request.editable_mask
@@ -524,20 +533,10 @@ class Engine:
         if mask is not None:
             keep = (1.0 - imaging.mask_to_latent(mask, plan.latent_hw)).to(self.device)
         iterations: list[Iteration] = []
-        w_uncond, w_cond = feature_weights(guidance) if cfg else (0.0, 1.0)
+        forward_at = self._forward_at(plan)
 
         def forward(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            batch = torch.cat([z, z]) if cfg else z
-            out, feats = unet_with_features(
-                unet, batch.to(unet.dtype), t, text, params.feature_block, plan.feature_hw
-            )
-            if not cfg:
-                return out, feats
-            # CFG: guided prediction for the mask term; both feature maps side by side.
-            f_uncond, f_cond = feats.chunk(2)
-            return guide(out.float(), guidance), torch.cat(
-                [w_uncond * f_uncond, w_cond * f_cond], dim=1
-            )
+            return forward_at(z, t)
 
         def on_drag_step(info: DragStepInfo) -> None:
             handles = plan.to_image(info.handles)
@@ -580,24 +579,60 @@ class Engine:
             )
         return outcome, iterations
 
+    def _forward_at(
+        self, plan: _Plan
+    ) -> Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]:
+        """One UNet pass at a timestep: ``(latent, t) → (model output, features)``."""
+        params, unet = plan.request.params, self.pipe.unet
+        guidance, text = plan.guidance, plan.text
+        cfg = guidance > 1.0
+        w_uncond, w_cond = feature_weights(guidance) if cfg else (0.0, 1.0)
+
+        def forward_at(z: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = torch.cat([z, z]) if cfg else z
+            out, feats = unet_with_features(
+                unet, batch.to(unet.dtype), t, text, params.feature_block, plan.feature_hw
+            )
+            if not cfg:
+                return out, feats
+            # CFG: guided prediction for the mask term; both feature maps side by side.
+            f_uncond, f_cond = feats.chunk(2)
+            return guide(out.float(), guidance), torch.cat(
+                [w_uncond * f_uncond, w_cond * f_cond], dim=1
+            )
+
+        return forward_at
+
     def _denoise_and_decode(
-        self, run: _Run, plan: _Plan, start: _Start, edited: torch.Tensor
+        self,
+        run: _Run,
+        plan: _Plan,
+        start: _Start,
+        edited: torch.Tensor,
+        *,
+        reference: torch.Tensor | None = None,
+        begin: int | None = None,
     ) -> np.ndarray:
-        """Step 5: denoise the optimised latent beside its reference and decode it."""
+        """Step 5: denoise the optimised latent beside its reference and decode it (GoodDrag:
+        from ``begin``, beside the original latent denoised to there, ``reference``)."""
         params, unet = run.request.params, self.pipe.unet
-        denoise_steps = len(plan.schedule.timesteps) - plan.start
+        begin = plan.start if begin is None else begin
+        denoise_steps = len(plan.schedule.timesteps) - begin
         generated = run.request.generation is not None
         adapters = _adapters_disabled(unet) if generated else contextlib.nullcontext()
+        key = (*start.reference_key, tuple(params.ref_control_blocks))
+        if begin != plan.start:  # another reference latent: another cache entry
+            key = (*key, "from", begin)
         with adapters, self._stage(Stage.DENOISE, denoise_steps, run.emit, run.stages):
             edited = self._denoise(
-                start.latent,
+                start.latent if reference is None else reference,
                 edited,
                 plan.text,
                 plan.guidance,
                 plan.schedule,
-                plan.start,
+                begin,
                 params.ref_control_blocks,
-                (*start.reference_key, tuple(params.ref_control_blocks)),
+                key,
                 run.emit,
                 run.token,
             )
@@ -619,8 +654,9 @@ class Engine:
         run: _Run,
         plan: _Plan,
         lora: LoraOutcome,
-        outcome: DragOutcome,
+        outcome: DragOutcome | AlddOutcome,
         iterations: list[Iteration],
+        gooddrag: dict[str, Any] | None = None,
     ) -> Trace:
         """Step 7: what happened, for the CLI's ``--trace``, the benchmark and the GUI."""
         request, generation = run.request, run.request.generation
@@ -655,6 +691,8 @@ class Engine:
             memory=_peak_memory(self.device),
             memory_plan=self.plan.name,
             memory_fallback=dict(self._fallback) if self._fallback else None,
+            method=request.method,
+            gooddrag=gooddrag,
         )
 
     # -- stages ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from backend.document import Document, HistoryEntry, Pair
 from backend.errors import DragStudioError, InvalidRequest
 from backend.generation import Generation
 from backend.imagefile import PNG_ONLY, ImageRefused, open_image
+from backend.methods import METHODS, PAPER, GoodDragParams
 from backend.request import (
     DragParams,
     DragRequest,
@@ -136,6 +137,8 @@ class Project:
     """The VAE used instead of the model's own (None: its own; older files have none)."""
     generation: Generation | None = None
     """Set when ``original`` was generated here: its kept latents replace LoRA and inversion."""
+    method: str = PAPER
+    gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
     format_version: int = FORMAT_VERSION
     app_version: str = __version__
 
@@ -162,6 +165,8 @@ class Project:
             vae=self.vae,
             lora_image=lora_image,
             generation=None if self.history else self.generation,
+            method=self.method,
+            gooddrag=self.gooddrag,
         )
 
     @classmethod
@@ -180,6 +185,8 @@ class Project:
             history=tuple(doc.history),
             lora=lora,
             generation=doc.generation,
+            method=doc.method,
+            gooddrag=doc.gooddrag,
         )
 
     def apply(self, doc: Document, path: str | Path | None = None) -> None:
@@ -190,6 +197,7 @@ class Project:
         doc.set_pairs(self.pairs)
         doc.set_prompt(self.prompt)
         doc.set_params(self.params, self.lora_params)
+        doc.set_method(self.method, self.gooddrag)
         doc.set_model(self.model)
         doc.set_vae(self.vae)
 
@@ -222,6 +230,8 @@ def _entry_json(n: int, e: HistoryEntry) -> dict[str, Any]:
         "seconds": float(e.seconds),
         "lora_reused": bool(e.lora_reused),
         "final_handles": [list(h) for h in e.final_handles],
+        "method": e.method,
+        "gooddrag": params_to_dict(e.gooddrag),
     }
 
 
@@ -241,6 +251,8 @@ def manifest_of(project: Project) -> dict[str, Any]:
         "lora_params": params_to_dict(project.lora_params),
         "model": project.model,
         "vae": project.vae,
+        "method": project.method,
+        "gooddrag": params_to_dict(project.gooddrag),
         "history": [_entry_json(n, e) for n, e in enumerate(project.history, 1)],
         "lora": None
         if lora is None
@@ -491,6 +503,14 @@ def _params(cls: type, value: Any, where: str) -> Any:
         raise _fail(where, f"invalid value ({exc})") from None
 
 
+def _method(d: dict[str, Any], where: str) -> tuple[str, GoodDragParams]:
+    """The drag method and GoodDrag's knobs (absent in older projects: the paper's)."""
+    method = _text(d.get("method", PAPER), f"{where}method", 32)
+    if method not in METHODS:
+        raise _fail(f"{where}method", f"unknown method {method!r}")
+    return method, _params(GoodDragParams, d.get("gooddrag", {}), f"{where}gooddrag")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -702,6 +722,7 @@ def _history(
         if name != f"results/{n:04d}.png":
             raise _fail(f"{where}.result", f"expected results/{n:04d}.png, got {name!r}")
         after = _decode_png(archive.read(name), name, size, False, archive.decode)
+        method, gooddrag = _method(d, f"{where}.")
         handles = _list(d.get("final_handles", []), f"{where}.final_handles", MAX_PAIRS)
         entries.append(
             HistoryEntry(
@@ -715,6 +736,8 @@ def _history(
                 seconds=max(0.0, _float(d.get("seconds", 0.0), f"{where}.seconds")),
                 lora_reused=bool(d.get("lora_reused", False) is True),
                 final_handles=tuple(_point(h, f"{where}.final_handles", None) for h in handles),
+                method=method,
+                gooddrag=gooddrag,
             )
         )
         before = after
@@ -848,6 +871,7 @@ def _project(archive: Archive) -> Project:
     if mask is None and archive.has(MASK):
         raise ProjectError(f"{MASK} is not listed in the manifest")
     generation = _generation(manifest.get("generation"), archive, size)
+    method, gooddrag = _method(manifest, "")
     if generation is None and archive.has(LATENTS):
         raise ProjectError(f"{LATENTS} is not listed in the manifest")
     return Project(
@@ -862,6 +886,8 @@ def _project(archive: Archive) -> Project:
         history=history,
         lora=lora,
         generation=generation,
+        method=method,
+        gooddrag=gooddrag,
         format_version=FORMAT_VERSION,
         app_version=_text(manifest.get("app_version", ""), "app_version", 64),
     )

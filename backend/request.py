@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backend.errors import InvalidRequest
+from backend.methods import PAPER, GoodDragParams, check_method
 from backend.params import DragParams, LoraParams, params_from_dict, params_to_dict
 
 __all__ = [
@@ -73,6 +74,10 @@ class DragRequest:
     lora_image: np.ndarray | None = None
     """The image the identity LoRA is trained on, when it is not ``image`` itself: dragging an
     accepted result again keeps the LoRA of the photo it came from."""
+    method: str = PAPER
+    """``paper`` (DragDiffusion) or ``gooddrag`` (see :mod:`backend.methods`)."""
+    gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
+    """GoodDrag's own knobs; read only when ``method`` is ``gooddrag``."""
 
     def validate(self, *, require_pairs: bool = True) -> None:
         """Raise :class:`InvalidRequest` with a one-line reason if this cannot be edited.
@@ -125,6 +130,10 @@ class DragRequest:
             _check(li.dtype == np.uint8, "the LoRA image must be H×W×3 uint8 RGB")
         self.params.validate()
         self.lora.validate()
+        check_method(self.method)
+        if self.method != PAPER:
+            self.gooddrag.validate()
+            _check(self.params.r1 >= 1, "GoodDrag needs r1 ≥ 1 (its loss is scaled by (2·r1)²)")
         if self.generation is not None:
             self.generation.validate()
 

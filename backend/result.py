@@ -47,9 +47,14 @@ class Iteration:
     step: int
     handles: tuple[Point, ...]
     loss: float
+    timestep: int | None = None
+    """The timestep it was taken at (GoodDrag drags at several; paper mode: the trace's one)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "handles": [list(h) for h in self.handles], "loss": self.loss}
+        out = {"step": self.step, "handles": [list(h) for h in self.handles], "loss": self.loss}
+        if self.timestep is not None:
+            out["timestep"] = self.timestep
+        return out
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,10 @@ class Trace:
     """The memory plan the edit ran with (backend/memory.py)."""
     memory_fallback: dict[str, str] | None = None
     """``{"from", "to", "reason"}`` when an out-of-memory error made it switch plans."""
+    method: str = "paper"
+    """The drag method (:mod:`backend.methods`)."""
+    gooddrag: dict[str, Any] | None = None
+    """GoodDrag's knobs and what its drag phase did (per-timestep blocks), in gooddrag mode."""
 
     @property
     def seconds(self) -> float:
@@ -126,6 +135,8 @@ class Trace:
                 "plan": self.memory_plan,
                 **({"fallback": dict(self.memory_fallback)} if self.memory_fallback else {}),
             },
+            "method": self.method,
+            **({} if self.gooddrag is None else {"gooddrag": self.gooddrag}),
         }
 
 

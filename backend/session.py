@@ -47,6 +47,8 @@ def history_entry(
         seconds=trace.seconds if seconds is None else float(seconds),
         lora_reused=trace.lora.cached,
         final_handles=tuple((float(x), float(y)) for x, y in trace.final_handles),
+        method=request.method,
+        gooddrag=request.gooddrag,
     )
 
 
@@ -95,4 +97,6 @@ def project_after_edit(
         history=(*history, entry),
         lora=bundled,
         generation=previous.generation if previous is not None else None,
+        method=request.method,
+        gooddrag=request.gooddrag,
     )

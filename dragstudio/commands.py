@@ -195,3 +195,25 @@ class AcceptResult(QUndoCommand):
 
     def undo(self) -> None:
         self._doc.undo_accept()
+
+
+class SetMethod(QUndoCommand):
+    """Switch the drag method; the knobs both methods share take the new method's defaults."""
+
+    def __init__(self, doc: Document, method: str) -> None:
+        from backend.methods import with_method_defaults
+
+        super().__init__(f"Method = {method}")
+        self._doc = doc
+        self._old = (doc.method, doc.params, doc.lora)
+        self._new = (method, *with_method_defaults(doc.params, doc.lora, method))
+
+    def _apply(self, method: str, params: DragParams, lora: LoraParams) -> None:
+        self._doc.set_params(params, lora)
+        self._doc.set_method(method)
+
+    def redo(self) -> None:
+        self._apply(*self._new)
+
+    def undo(self) -> None:
+        self._apply(*self._old)

@@ -45,8 +45,8 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
         help="run DragBench (or Drag100) and score it",
         description="Edit every case into RESULTS in DragBench's layout "
         "(<category>/<case>/dragged_image.png + trace.json), resumably, then score it: Mean "
-        "Distance (DIFT) and Image Fidelity (1 - LPIPS), per category and overall, in "
-        "metrics.json and metrics.md.",
+        "Distance (DIFT), Image Fidelity (1 - LPIPS) and GoodDrag's DAI, per category and "
+        "overall, in metrics.json and metrics.md.",
     )
     bench.add_argument("--data", type=Path, required=True, help="benchmark folder")
     bench.add_argument("--model", required=True, help="hub id, diffusers folder or .safetensors")
@@ -63,6 +63,9 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
         help="paste the original pixels outside the mask (default: no, as the authors' protocol)",
     )
     bench.add_argument("--no-metrics", action="store_true", help="edit only; score later")
+    from backend.method_cli import add_method_args
+
+    add_method_args(bench)
     _metric_args(bench)
     from backend.server.cli_args import add_server_args
 
@@ -71,7 +74,7 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
     metrics = sub.add_parser(
         "bench-metrics",
         help="score any method's results in DragBench layout",
-        description="Recompute Mean Distance and Image Fidelity for results laid out as "
+        description="Recompute Mean Distance, Image Fidelity and DAI for results laid out as "
         "<category>/<case>/dragged_image.png, whichever tool made them.",
     )
     metrics.add_argument("--data", type=Path, required=True, help="benchmark folder")
@@ -105,12 +108,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from backend.bench.formats import load_cases
     from backend.bench.runner import BenchConfig, bench_params, run_edits
     from backend.errors import InvalidRequest
-    from backend.request import LoraParams
+    from backend.method_cli import method_settings
+    from backend.request import DragParams, LoraParams
 
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest("--limit must be at least 1")
     cases = load_cases(args.data, args.categories, args.limit)
+    method, base, base_lora, gooddrag = method_settings(args, DragParams(), LoraParams())
     params = bench_params(
+        base,
         keep_pixels=args.keep_pixels,
         drag_steps=args.drag_steps,
         inference_steps=args.ddim_steps,
@@ -118,9 +124,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     params.validate()
     lora_over = {"steps": args.lora_steps, "batch_size": args.lora_batch}
-    lora = replace(LoraParams(), **{k: v for k, v in lora_over.items() if v is not None})
+    lora = replace(base_lora, **{k: v for k, v in lora_over.items() if v is not None})
     lora.validate()
-    config = BenchConfig(args.model, params, lora, args.device)
+    config = BenchConfig(args.model, params, lora, args.device, method, gooddrag)
     log = _log(args.quiet)
     log(f"{len(cases)} cases from {args.data} ({cases[0].fmt}) → {args.out}")
     from backend.server.cli_args import remote_engine

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.bench.dai import GAMMAS
 from backend.bench.runner import Scorers, write_json, write_text
 from backend.events import DRAG_STAGES, Stage
 
@@ -39,6 +40,12 @@ def _group(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if (r.get("memory") or {}).get("process_peak_rss_gb")
     ]
     kept = [r["unmasked_kept"] for r in done if r.get("unmasked_kept") is not None]
+    dai = {
+        str(g): _mean(
+            [r["dai"][str(g)] for r in done if (r.get("dai") or {}).get(str(g)) is not None]
+        )
+        for g in GAMMAS
+    }
     return {
         "cases": len(records),
         "done": len(done),
@@ -47,6 +54,7 @@ def _group(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "pairs": sum(r["pairs"] for r in done),
         "mean_distance": _mean(distances),
         "image_fidelity": _mean(fidelity),
+        "dai": dai,
         "seconds": {k: v for k, v in stages.items() if v is not None},
         "gpu_peak_gb": max(gpu) if gpu else None,
         "process_peak_rss_gb": max(rss) if rss else None,
@@ -70,6 +78,8 @@ def summarize(
 ) -> dict[str, Any]:
     categories = sorted({r["category"] for r in records})
     settings = [r.get("keep_unmasked_pixels") for r in records if "keep_unmasked_pixels" in r]
+    with_dai = [r for r in records if any(v is not None for v in (r.get("dai") or {}).values())]
+    done = [r for r in records if r.get("status") == "done"]
     return {
         **meta,
         "metrics": {
@@ -85,7 +95,19 @@ def summarize(
                 "weights": scorers.lpips_source,
                 "protocol": "1 - LPIPS(AlexNet v0.1), [-1, 1], bilinear 224x224",
             },
+            "dai": {
+                "available": bool(with_dai),
+                "reason": ""
+                if with_dai
+                else "no finished case with point pairs"
+                if not done
+                else "the finished cases have no point pairs",
+                "gammas": list(GAMMAS),
+                "protocol": "GoodDrag compute_DAI.py: SSD of [0,1] patches, handle in source vs "
+                "target in result, / pairs / (1+2γ)² / pairs, mean over cases",
+            },
         },
+        "methods": sorted({r["method"] for r in records if r.get("method")}),
         "kept_original_pixels_outside_mask": {
             "measured": _kept_verdict(records),
             "keep_unmasked_pixels_setting": sorted(set(settings), key=str) if settings else None,
@@ -104,18 +126,22 @@ def _fmt(value: float | None, digits: int) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     m = summary["metrics"]
     lines = ["# DragBench results", ""]
-    for key, label in (("mean_distance", "Mean Distance"), ("image_fidelity", "Image Fidelity")):
-        if not m[key]["available"]:
+    names = (("mean_distance", "Mean Distance"), ("image_fidelity", "Image Fidelity"))
+    for key, label in (*names, ("dai", "DAI")):
+        if key in m and not m[key]["available"]:
             lines.append(f"- {label}: **unavailable** — {m[key]['reason']}")
+    if summary.get("methods"):
+        lines.append(f"- Method (from the traces): {', '.join(summary['methods'])}")
     kept = summary["kept_original_pixels_outside_mask"]
     lines.append(f"- Outputs kept the original pixels outside the mask: {kept['measured']}")
     if summary.get("model"):
         lines.append(f"- Model: `{summary['model']}`; device: {summary.get('device', '?')}")
     lines += [
         "",
-        "| category | cases | pairs | MD ↓ (px) | IF ↑ | LoRA s | inversion s | drag s "
-        "| denoise s | total s | GPU peak GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| category | cases | pairs | MD ↓ (px) | IF ↑ | "
+        + " | ".join(f"DAI γ={g} ↓" for g in GAMMAS)
+        + " | LoRA s | inversion s | drag s | denoise s | total s | GPU peak GB |",
+        "|---|---|---|---|---|" + "---|" * len(GAMMAS) + "---|---|---|---|---|---|",
     ]
     rows = [*summary["categories"].items(), ("**overall**", summary["overall"])]
     for name, g in rows:
@@ -126,6 +152,7 @@ def markdown(summary: dict[str, Any]) -> str:
             str(g["pairs"]),
             _fmt(g["mean_distance"], 2),
             _fmt(g["image_fidelity"], 3),
+            *(_fmt((g.get("dai") or {}).get(str(gamma)), 4) for gamma in GAMMAS),
             *(_fmt(sec.get(s), 2) for s in STAGES),
             _fmt(g["gpu_peak_gb"], 2),
         ]

@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from backend.atomicio import write_atomic
 from backend.bench.formats import EDITED_NAME, Case
 from backend.errors import Cancelled, DragStudioError, InvalidRequest
+from backend.methods import PAPER, GoodDragParams
 from backend.request import DragParams, DragRequest, LoraParams, PointPair, params_to_dict
 
 TRACE_NAME = "trace.json"
@@ -54,13 +55,19 @@ class BenchConfig:
     params: DragParams
     lora: LoraParams
     device: str = "auto"
+    method: str = PAPER
+    gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
 
     def settings(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "model": self.model,
             "params": params_to_dict(self.params),
             "lora": params_to_dict(self.lora),
         }
+        if self.method != PAPER:  # paper results folders keep the settings they always had
+            out["method"] = self.method
+            out["gooddrag"] = params_to_dict(self.gooddrag)
+        return out
 
 
 def _clamped(pairs: tuple[PointPair, ...], size: tuple[int, int]) -> tuple[PointPair, ...]:
@@ -129,6 +136,8 @@ def run_edits(
                 params=config.params,
                 lora=config.lora,
                 model=config.model,
+                method=config.method,
+                gooddrag=config.gooddrag,
             )
             result = engine.edit(request)
         except Cancelled:
@@ -196,6 +205,7 @@ def load_scorers(
 
 def score_case(case: Case, edited_path: Path, scorers: Scorers) -> dict[str, Any]:
     """Metrics of one edited image against its case (None where a metric is unavailable)."""
+    from backend.bench.dai import dai_all
     from backend.bench.metrics import drag_distances, image_fidelity, unmasked_kept
     from backend.document import load_image
 
@@ -204,6 +214,7 @@ def score_case(case: Case, edited_path: Path, scorers: Scorers) -> dict[str, Any
     rec: dict[str, Any] = {
         "unmasked_kept": unmasked_kept(source, edited, case.mask),
         "edited_size": [edited.shape[1], edited.shape[0]],
+        "dai": dai_all(source, edited, case.pairs),
     }
     if scorers.lpips is not None:
         rec["image_fidelity"] = image_fidelity(scorers.lpips, source, edited)
@@ -242,6 +253,7 @@ def score(
             rec["stages"] = trace.get("stages")
             rec["memory"] = trace.get("memory")
             rec["keep_unmasked_pixels"] = (trace.get("params") or {}).get("keep_unmasked_pixels")
+            rec["method"] = trace.get("method")
         bits = []
         if "distances" in rec:
             bits.append("distances " + ", ".join(f"{d:.1f}" for d in rec["distances"]))

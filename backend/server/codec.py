@@ -22,6 +22,7 @@ from PIL import Image
 from backend.errors import InvalidRequest
 from backend.events import Event, Stage, StageFinished, StageStarted, StepProgress
 from backend.generation import Generation
+from backend.methods import GoodDragParams
 from backend.request import (
     DragParams,
     DragRequest,
@@ -90,7 +91,7 @@ def decode_png(data: bytes, where: str, *, mask: bool = False, max_pixels: int) 
 # -- requests ---------------------------------------------------------------------------------
 
 _REQUEST_REQUIRED = {"image", "pairs", "prompt", "params", "lora", "model"}
-_REQUEST_OPTIONAL = {"mask", "lora_image", "generation", "vae"}
+_REQUEST_OPTIONAL = {"mask", "lora_image", "generation", "vae", "method", "gooddrag"}
 _GENERATION_FIELDS = {"prompt", "negative_prompt", "seed", "width", "height", "guidance_scale",
                       "steps"}  # fmt: skip
 
@@ -155,6 +156,9 @@ def request_to_json(request: DragRequest, blobs: dict[str, str]) -> dict[str, An
         out["lora_image"] = blobs["lora_image"]
     if request.generation is not None:
         out["generation"] = generation_to_json(request.generation, blobs["trajectory"])
+    if request.method != "paper":
+        out["method"] = request.method
+        out["gooddrag"] = params_to_dict(request.gooddrag)
     return out
 
 
@@ -208,6 +212,8 @@ def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
         vae=None if obj.get("vae") is None else require_str(obj["vae"], "request.vae", 1000),
         generation=generation,
         lora_image=lora_image,
+        method=require_str(obj.get("method", "paper"), "request.method", 32),
+        gooddrag=_strict_params(GoodDragParams, obj.get("gooddrag", {}), "request.gooddrag"),
     )
     request.validate()
     return request
@@ -329,8 +335,9 @@ def trace_from_json(value: Any) -> Trace:
     if len(json.dumps(obj)) > 16 * 2**20:
         raise fail("trace", "too large")
     names = {f.name for f in fields(Trace)}
-    in_memory = {"memory", "memory_plan", "memory_fallback"}  # Trace.to_dict nests these
-    require_keys(obj, "trace", names - in_memory, {"memory"})
+    # Trace.to_dict nests the memory plan and fallback under "memory".
+    optional = {"memory", "method", "gooddrag"}
+    require_keys(obj, "trace", names - optional - {"memory_plan", "memory_fallback"}, optional)
     memory = dict(require_obj(obj.get("memory", {}), "trace.memory"))
     plan = require_str(memory.pop("plan", "high"), "trace.memory.plan", 20)
     fallback = None
@@ -366,12 +373,14 @@ def trace_from_json(value: Any) -> Trace:
     iterations = []
     for item in require_list(obj["iterations"], "trace.iterations", 100_000):
         it = require_obj(item, "trace.iterations[]")
-        require_keys(it, "trace.iterations[]", {"step", "handles", "loss"}, set())
+        require_keys(it, "trace.iterations[]", {"step", "handles", "loss"}, {"timestep"})
         loss = it["loss"]
+        timestep = it.get("timestep")
         iterations.append(Iteration(
             require_int(it["step"], "iteration.step", 0, 10**7),
             points(it["handles"], "iteration.handles"),
             float("nan") if loss is None else require_float(loss, "iteration.loss"),
+            None if timestep is None else require_int(timestep, "iteration.timestep", 0, 10**6),
         ))  # fmt: skip
     return Trace(
         stages=seconds(obj["stages"], "trace.stages"),
@@ -407,4 +416,8 @@ def trace_from_json(value: Any) -> Trace:
         memory=seconds(memory, "trace.memory"),
         memory_plan=plan,
         memory_fallback=fallback,
+        method=require_str(obj.get("method", "paper"), "trace.method", 32),
+        gooddrag=None
+        if obj.get("gooddrag") is None
+        else require_obj(obj["gooddrag"], "trace.gooddrag"),
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
@@ -23,9 +24,10 @@ from PySide6.QtWidgets import (
 )
 
 from backend.document import Change, Document, Notice
+from backend.methods import METHODS, SUMMARIES, with_method_defaults
 from backend.params import panel_specs
 from backend.request import DragParams, LoraParams
-from dragstudio.commands import SetParams, SetPrompt
+from dragstudio.commands import SetMethod, SetParams, SetPrompt
 from dragstudio.panels.fold import Fold
 
 
@@ -122,7 +124,7 @@ class ParametersPanel(QWidget):
             form.addRow(label, spin)
             self.spins[spec.key] = spin
         self.reset_button = QPushButton("Reset to defaults")
-        self.reset_button.setToolTip("Put every parameter back to the paper's defaults.")
+        self.reset_button.setToolTip("Put every parameter back to the chosen method's defaults.")
         self.reset_button.clicked.connect(self.reset_to_defaults)
         form.addRow(self.reset_button)
         self.advanced = Fold("Advanced", form_host)
@@ -131,6 +133,17 @@ class ParametersPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(QLabel("Prompt"))
         layout.addWidget(self.prompt)
+        layout.addSpacing(6)
+        # Method: DragDiffusion (the paper) or GoodDrag; one line on what it does and costs.
+        self.method = QComboBox()
+        self.method.setObjectName("method")
+        self.method.addItems(["Paper (DragDiffusion)", "GoodDrag"])
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self.method_note = QLabel()
+        self.method_note.setWordWrap(True)
+        layout.addWidget(QLabel("Method"))
+        layout.addWidget(self.method)
+        layout.addWidget(self.method_note)
         layout.addSpacing(6)
         layout.addWidget(self.advanced)
 
@@ -164,6 +177,10 @@ class ParametersPanel(QWidget):
         if not self._syncing:
             self._stack.push(SetPrompt(self._doc, text))
 
+    def _method_changed(self, index: int) -> None:
+        if not self._syncing and METHODS[index] != self._doc.method:
+            self._stack.push(SetMethod(self._doc, METHODS[index]))
+
     def _value_changed(self, spec: ParamSpec, value: float) -> None:
         if self._syncing:
             return
@@ -178,8 +195,9 @@ class ParametersPanel(QWidget):
         self._stack.push(SetParams(self._doc, params, lora, text, key=spec.key))
 
     def reset_to_defaults(self) -> None:
-        if (self._doc.params, self._doc.lora) != (DragParams(), LoraParams()):
-            self._stack.push(SetParams(self._doc, DragParams(), LoraParams(), "Reset parameters"))
+        params, lora = with_method_defaults(DragParams(), LoraParams(), self._doc.method)
+        if (self._doc.params, self._doc.lora) != (params, lora):
+            self._stack.push(SetParams(self._doc, params, lora, "Reset parameters"))
 
     # -- document -> widgets -----------------------------------------------------------------
 
@@ -192,6 +210,8 @@ class ParametersPanel(QWidget):
         try:
             if self.prompt.text() != self._doc.prompt:
                 self.prompt.setText(self._doc.prompt)
+            self.method.setCurrentIndex(METHODS.index(self._doc.method))
+            self.method_note.setText(SUMMARIES[self._doc.method])
             for spec in SPECS:
                 spin = self.spins[spec.key]
                 value = spec_value(self._doc, spec)
