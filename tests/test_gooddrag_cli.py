@@ -97,7 +97,7 @@ def test_edit_with_method_saves_it_in_the_trace_project_and_history(
     assert main(again) == 0
     t2 = json.loads(trace.read_text())
     assert t2["method"] == GOODDRAG and t2["gooddrag"]["params"]["tracks_per_step"] == 1
-    assert main([*again, "--method", PAPER, "--drag-steps", "1"]) == 0
+    assert main([*again, "--method", PAPER, "--drag-steps", "1", "--lora-steps", "0"]) == 0
     t3 = json.loads(trace.read_text())
     assert t3["method"] == PAPER and t3["params"]["r2"] == 3  # back to the paper's defaults
 
