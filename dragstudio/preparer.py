@@ -20,6 +20,7 @@ from backend.errors import InvalidRequest
 from backend.events import Event, Stage, StageStarted, StepProgress
 from backend.preparation import preparation_key
 from backend.request import DragRequest
+from dragstudio.drag_readiness import hub_model_cached, looks_like_hub_id
 from dragstudio.runner import EngineHost, Outcome
 
 DEBOUNCE_MS = 1500
@@ -113,6 +114,10 @@ class Preparer(QObject):
             return None
         request, key = current
         if key in (self.done_key, self.host.preparing):
+            return None
+        if looks_like_hub_id(request.model) and not hub_model_cached(request.model):
+            # Never downloads: a model not yet on this computer waits for Drag, which asks.
+            self.statusChanged.emit("")
             return None
         loop = asyncio.get_event_loop_policy().get_event_loop()
         self.task = loop.create_task(self._run(request, key))

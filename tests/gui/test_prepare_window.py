@@ -124,3 +124,18 @@ def test_switching_photos_cancels_the_running_preparation(
     assert host.preparing is None
     outcome = loop.run_until_complete(asyncio.wait_for(second, 120))
     assert outcome.failure is not None and outcome.failure.cancelled
+
+
+def test_a_model_not_on_this_computer_is_not_prepared(
+    prepared_window: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh install's default hub model is not cached: nothing is loaded or fetched, no
+    alarming "Not prepared" line; the Drag that needs it asks instead."""
+    w = prepared_window
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    w.document.set_model("nobody-here/not-a-cached-model")
+    assert w.open_path(photo(tmp_path / "a.png", 1))
+
+    assert w.drag_ui.preparer.start_now() is None
+    assert w.drag_ui.host.preparing is None
+    assert w.drag_ui.preparing_label.text() == ""
