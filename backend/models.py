@@ -97,12 +97,21 @@ def resolve_source(spec: str) -> ModelSource:
                 "convert it to .safetensors or use a diffusers folder"
             )
         raise ModelNotFound(f"{path.name}: not a model file (expected .safetensors)")
+    return _hub_source(spec, ModelNotFound, "model", "file or folder", "path")
+
+
+def _hub_source(
+    spec: str, error: type[Exception], what: str, no_path: str, local: str
+) -> ModelSource:
+    """``spec`` names nothing on disk: it is a hub id (``owner/name``), or ``error`` says why not.
+
+    Shared by models and VAEs so both tell a mistyped path from a hub id the same way."""
     looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1)
     if looks_like_path or spec.lower().endswith(SINGLE_FILE_SUFFIXES + UNSAFE_SUFFIXES):
-        raise ModelNotFound(f"model not found: no file or folder at {spec}")
+        raise error(f"{what} not found: no {no_path} at {spec}")
     if spec.count("/") != 1 or any(c.isspace() for c in spec):
-        raise ModelNotFound(
-            f"model not found: {spec!r} is neither a local path nor a hub id like 'owner/name'"
+        raise error(
+            f"{what} not found: {spec!r} is neither a local {local} nor a hub id like 'owner/name'"
         )
     return ModelSource("hub", spec)
 
@@ -275,14 +284,7 @@ def resolve_vae_source(spec: str) -> ModelSource:
             else "a single file"
         )
         raise VaeNotFound(f"VAE {path.name} is {why}; use a diffusers VAE folder or a hub id")
-    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec.replace("/", "", 1)
-    if looks_like_path or spec.lower().endswith(SINGLE_FILE_SUFFIXES + UNSAFE_SUFFIXES):
-        raise VaeNotFound(f"VAE not found: no folder at {spec}")
-    if spec.count("/") != 1 or any(c.isspace() for c in spec):
-        raise VaeNotFound(
-            f"VAE not found: {spec!r} is neither a local folder nor a hub id like 'owner/name'"
-        )
-    return ModelSource("hub", spec)
+    return _hub_source(spec, VaeNotFound, "VAE", "folder", "folder")
 
 
 def load_vae(
