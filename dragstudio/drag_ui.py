@@ -2,20 +2,23 @@
 wired to a :class:`DragController`.
 
 Kept apart from ``main_window.py`` so the editor stays about editing; the window builds one of
-these after its own menus and docks and hands over the seams (progress slot, canvas, stack).
+these after its own menus and docks and hands over only what it needs (the frame, the document,
+its stack, the canvas, the progress slot), never itself as a ``MainWindow``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction
-from PySide6.QtWidgets import QLabel, QMenu
+from PySide6.QtGui import QAction, QUndoStack
+from PySide6.QtWidgets import QLabel, QMenu, QVBoxLayout, QWidget
 
-from backend.document import Change, Notice
+from backend.document import Change, Document, Notice
 from backend.events import Stage, StageStarted, StepProgress
+from dragstudio.canvas import CanvasView
 from dragstudio.commands import AcceptResult
 from dragstudio.dialogs import (
     ModelChoice,
@@ -23,16 +26,16 @@ from dragstudio.dialogs import (
     download_with_dialog,
     failure_box,
 )
+from dragstudio.document_switch import DocumentSwitch
 from dragstudio.drag_controller import DragController, PendingResult
 from dragstudio.drag_readiness import drag_blocker, hub_model_cached, looks_like_hub_id
+from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.progress import ProgressPanel
 from dragstudio.panels.results import ResultBar, ResultsHistory
 from dragstudio.preparer import Preparer
 from dragstudio.quality import Quality
 from dragstudio.runner import EngineHost, Failure
-
-if TYPE_CHECKING:
-    from dragstudio.main_window import MainWindow
+from dragstudio.window_services import WindowFrame, WindowServices
 
 PREVIEW_EVERY = 20
 """Decode a preview every 20 optimisation steps. Measured on the tiny model at working width 256
@@ -43,45 +46,71 @@ CHECKPOINT_FILTER = "Checkpoints (*.safetensors);;All files (*)"
 
 
 class DragUI:
-    def __init__(self, window: MainWindow, host: EngineHost) -> None:
-        self.window = window
+    def __init__(
+        self,
+        frame: WindowFrame,
+        services: WindowServices,
+        host: EngineHost,
+        *,
+        document: Document,
+        undo_stack: QUndoStack,
+        canvas: CanvasView,
+        model_picker: ModelPicker,
+        progress_slot: QVBoxLayout,
+        switch: DocumentSwitch,
+        other_job: Callable[[], str] = lambda: "job",
+    ) -> None:
+        """``other_job``: what holds the engine when a drag does not ("generation" or "job")."""
+        self.frame = frame
+        self.services = services
+        self.document = document
+        self.undo_stack = undo_stack
+        self.canvas = canvas
+        self.model_picker = model_picker
+        self.other_job = other_job
         self.host = host
-        self.runner = DragController(window.document, host, window, preview_every=PREVIEW_EVERY)
-        self.runner.resolve_missing_model = self._resolve_missing_model
-        self.runner.model_on_disk = model_on_disk
+        self.controller = DragController(document, host, frame.window, preview_every=PREVIEW_EVERY)
+        self.controller.resolve_missing_model = self._resolve_missing_model
+        self.controller.model_on_disk = model_on_disk
         self.task: asyncio.Future[object] | None = None
         self._step_message = ""
         """The status-bar text of the running optimisation, cleared when the job ends."""
         self._missing_note = ""
         self.preparer = Preparer(
-            window.document,
+            document,
             host,
-            self.runner.build_request_unchecked,
-            enabled=window.prefs.get("prepare_in_background"),
-            parent=window,
+            self.controller.build_request_unchecked,
+            enabled=frame.prefs.get("prepare_in_background"),
+            parent=frame.window,
         )
         self.preparing_label = QLabel("")
-        window.statusBar().addWidget(self.preparing_label)
+        frame.status.addWidget(self.preparing_label)
         self.preparer.statusChanged.connect(self.preparing_label.setText)
 
         self.progress = ProgressPanel()
         self.result_bar = ResultBar()
-        window.progress_slot.addWidget(self.progress)
+        progress_slot.addWidget(self.progress)
         self.progress.add_below_button(self.result_bar)  # Accept stays in view above the bars
-        self.results = ResultsHistory(window.document)
-        self.results_dock = window._dock("Results", "resultsDock", self.results)
-        window.tabifyDockWidget(window.history_dock, self.results_dock)
+        self.results = ResultsHistory(document)
+        self.results_dock = frame.docks.add("Results", "resultsDock", self.results, tabbed=True)
 
         self._build_actions()
         self._connect()
-        stored = self.window.prefs.get("drag_quality")
+        switch.on_leave(self.controller.discard)
+        switch.on_opened(lambda keep: self.new_document(keep_progress=keep))
+        stored = frame.prefs.get("drag_quality")
         self.set_quality(Quality.PREVIEW if stored == Quality.PREVIEW.value else Quality.FINAL)
-        self._update_enabled()
+        self.update_enabled()
+
+    @property
+    def runner(self) -> DragController:
+        """The old name of :attr:`controller`, still read by ``project_ui.py``."""
+        return self.controller
 
     # -- actions -----------------------------------------------------------------------------
 
     def _build_actions(self) -> None:
-        a = self.window._action
+        a = self.frame.actions.add
         a(
             "drag",
             "&Drag",
@@ -114,8 +143,8 @@ class DragUI:
             tip="Dragging an accepted result reuses the LoRA of the photo it came from",
             checkable=True,
         )
-        keep.setChecked(self.window.prefs.get("keep_photo_lora"))
-        self.runner.keep_photo_lora = keep.isChecked()
+        keep.setChecked(self.frame.prefs.get("keep_photo_lora"))
+        self.controller.keep_photo_lora = keep.isChecked()
         keep.toggled.connect(self._set_keep_photo_lora)
         background: QAction = a(
             "prepare_in_background",
@@ -124,21 +153,21 @@ class DragUI:
             tip="Train the LoRA and invert the photo while you place points (off: on battery)",
             checkable=True,
         )
-        background.setChecked(self.window.prefs.get("prepare_in_background"))
+        background.setChecked(self.frame.prefs.get("prepare_in_background"))
         background.toggled.connect(self._set_prepare_in_background)
 
-        bar = self.window.menuBar()
-        drag_menu = QMenu("&Drag", self.window)
+        bar = self.frame.window.menuBar()
+        drag_menu = QMenu("&Drag", self.frame.window)
         bar.insertMenu(bar.actions()[-1], drag_menu)  # before Help
         for name in ("drag", "cancel", "-", "accept", "discard", "show_before", "-",
                      "retrain_lora", "keep_photo_lora", "prepare_in_background"):  # fmt: skip
             if name == "-":
                 drag_menu.addSeparator()
             else:
-                drag_menu.addAction(self.window.actions[name])
+                drag_menu.addAction(self.frame.actions[name])
 
     def _connect(self) -> None:
-        r, p, canvas = self.runner, self.progress, self.window.canvas
+        r, p, canvas = self.controller, self.progress, self.canvas
         p.drag_button.clicked.connect(self.toggle)
         r.busyChanged.connect(self._busy_changed)
         r.modelLoading.connect(p.model_loading)
@@ -152,7 +181,7 @@ class DragUI:
         r.modelUnavailable.connect(self._model_unavailable)
         # Every job's end (drag, generation, cancel) recomputes whether Drag can run.
         self._unsubscribe_host = self.host.on_busy_changed(self._host_busy_changed)
-        self.window.model_picker.modelChosen.connect(lambda _m: self._update_enabled())
+        self.model_picker.modelChosen.connect(lambda _m: self.update_enabled())
         bar = self.result_bar
         bar.accept_button.clicked.connect(self.accept)
         bar.final_button.clicked.connect(self.render_final)
@@ -161,36 +190,36 @@ class DragUI:
         )
         bar.discard_button.clicked.connect(self.discard)
         bar.before_button.toggled.connect(canvas.set_show_before)
-        bar.before_button.toggled.connect(self.window.actions["show_before"].setChecked)
+        bar.before_button.toggled.connect(self.frame.actions["show_before"].setChecked)
         bar.split.valueChanged.connect(lambda v: canvas.set_split(v / 100.0))
-        self._unsubscribe = self.window.document.subscribe(self._on_document)
+        self._unsubscribe = self.document.subscribe(self._on_document)
 
     # -- commands ----------------------------------------------------------------------------
 
     def toggle(self) -> None:
-        if self.runner.busy:
+        if self.controller.busy:
             self.cancel()
         else:
             self.start()
 
     def start(self, quality: Quality | None = None) -> asyncio.Future[object] | None:
         """Start a drag on the event loop; the task is kept so callers (tests) can await it."""
-        if self.runner.busy or self.blocker():
+        if self.controller.busy or self.blocker():
             return None
         loop = asyncio.get_event_loop_policy().get_event_loop()
-        self.window.ensure_run_panel_visible()
-        self.task = loop.create_task(self.runner.drag(quality))
+        self.services.ensure_run_panel_visible()
+        self.task = loop.create_task(self.controller.drag(quality))
         return self.task
 
     def render_final(self) -> asyncio.Future[object] | None:
         """The Preview result's points again, at Final quality (same LoRA: no retraining)."""
-        self.runner.discard()
+        self.controller.discard()
         return self.start(Quality.FINAL)
 
     def set_quality(self, quality: Quality) -> None:
-        self.runner.quality = quality
-        if self.window.prefs.get("drag_quality") != quality.value:
-            self.window.prefs.update(drag_quality=quality.value)
+        self.controller.quality = quality
+        if self.frame.prefs.get("drag_quality") != quality.value:
+            self.frame.prefs.update(drag_quality=quality.value)
         buttons = self.progress
         if buttons.preview_button.isChecked() != (quality == Quality.PREVIEW):
             (
@@ -198,27 +227,27 @@ class DragUI:
             ).setChecked(True)
 
     def cancel(self) -> None:
-        self.runner.cancel()
+        self.controller.cancel()
 
     def accept(self) -> None:
-        pending = self.runner.pending
-        doc = self.window.document
-        if pending is None or self.runner.busy or doc.image is not pending.before:
+        pending = self.controller.pending
+        doc = self.document
+        if pending is None or self.controller.busy or doc.image is not pending.before:
             return
-        self.runner.take_pending()
-        self.window.undo_stack.push(AcceptResult(doc, pending.history_entry(doc.pairs)))
-        self.window.statusBar().showMessage("Result accepted: place new points to drag on", 5000)
+        self.controller.take_pending()
+        self.undo_stack.push(AcceptResult(doc, pending.history_entry(doc.pairs)))
+        self.frame.status.showMessage("Result accepted: place new points to drag on", 5000)
 
     def discard(self) -> None:
-        self.runner.discard()
+        self.controller.discard()
 
     def retrain_lora(self) -> None:
-        self.runner.retrain_next = True
+        self.controller.retrain_next = True
         self.progress.status.setText("The next drag fine-tunes a fresh LoRA.")
 
     def _set_keep_photo_lora(self, keep: bool) -> None:
-        self.runner.keep_photo_lora = keep
-        self.window.prefs.update(keep_photo_lora=keep)
+        self.controller.keep_photo_lora = keep
+        self.frame.prefs.update(keep_photo_lora=keep)
 
     @property
     def host(self) -> Any:
@@ -233,26 +262,27 @@ class DragUI:
         self._host = host
         if hasattr(self, "preparer"):
             self.preparer.set_host(host)
-        if hasattr(self, "runner"):  # after construction: follow the new host at once
+        if hasattr(self, "controller"):  # after construction: follow the new host at once
+            self.controller.host = host
             self._unsubscribe_host = host.on_busy_changed(self._host_busy_changed)
-            self._update_enabled()
+            self.update_enabled()
 
     def _host_busy_changed(self, _busy: bool) -> None:
-        self._update_enabled()
+        self.update_enabled()
 
     def new_document(self, *, keep_progress: bool = False) -> None:
         """Another photo or project is open: nothing of the last one's job stays on screen."""
         if not keep_progress:
             self.progress.clear()
-        self.window.canvas.set_live_handles(None)
-        if self._step_message and self.window.statusBar().currentMessage() == self._step_message:
-            self.window.statusBar().clearMessage()
+        self.canvas.set_live_handles(None)
+        if self._step_message and self.frame.status.currentMessage() == self._step_message:
+            self.frame.status.clearMessage()
         self._step_message = ""
-        self._update_enabled()
+        self.update_enabled()
 
     def _set_prepare_in_background(self, on: bool) -> None:
         self.preparer.set_enabled(on)
-        self.window.prefs.update(prepare_in_background=on)
+        self.frame.prefs.update(prepare_in_background=on)
 
     def shutdown(self) -> None:
         self.preparer.close()
@@ -265,35 +295,35 @@ class DragUI:
     def _busy_changed(self, busy: bool) -> None:
         self.progress.set_running(busy)
         if busy:
-            self.window.canvas.set_live_handles(None)
-            self.window.ensure_run_panel_visible()
+            self.canvas.set_live_handles(None)
+            self.services.ensure_run_panel_visible()
         elif self._step_message:
-            if self.window.statusBar().currentMessage() == self._step_message:
-                self.window.statusBar().clearMessage()
+            if self.frame.status.currentMessage() == self._step_message:
+                self.frame.status.clearMessage()
             self._step_message = ""
         if not busy:
             self.preparer.schedule()  # e.g. an accepted result or a cancelled drag
-        self._update_enabled()
+        self.update_enabled()
 
     def _stage_started(self, event: StageStarted) -> None:
         self.progress.stage_started(event)
         if event.stage == Stage.DRAG:
-            self.window.canvas.set_live_handles(None)
+            self.canvas.set_live_handles(None)
 
     def _step(self, event: StepProgress) -> None:
         self.progress.step_progress(event)
         if event.preview is not None and self.progress.previews_shown == 1:
-            self.window.ensure_run_panel_visible()  # the first preview makes the panel taller
+            self.services.ensure_run_panel_visible()  # the first preview makes the panel taller
         if event.handles is not None:
-            self.window.canvas.set_live_handles(event.handles)
+            self.canvas.set_live_handles(event.handles)
             if event.loss is not None:
                 self._step_message = (
                     f"Optimisation step {event.step}/{event.total} · loss {event.loss:.4g}"
                 )
-                self.window.statusBar().showMessage(self._step_message)
+                self.frame.status.showMessage(self._step_message)
 
     def _result_changed(self, pending: PendingResult | None) -> None:
-        canvas = self.window.canvas
+        canvas = self.canvas
         if pending is None:
             canvas.set_result(None)
             canvas.set_live_handles(None)
@@ -311,45 +341,42 @@ class DragUI:
                 preview,
             )
             self.progress.status.setText("Done. Compare, then Accept or Discard.")
-        self._update_enabled()
+        self.update_enabled()
 
     def _failed(self, failure: Failure) -> None:
-        self.window.canvas.set_live_handles(None)
+        self.canvas.set_live_handles(None)
         self.progress.status.setText(failure.message)
-        self.window.show_failure(failure)
+        self.services.show_failure(failure)
 
     def _cancelled(self) -> None:
-        self.window.canvas.set_live_handles(None)
+        self.canvas.set_live_handles(None)
         self.progress.reset()
         note = " (the engine stops at its next step)" if self.host.engine_busy else ""
         self.progress.status.setText(f"Cancelled; nothing changed{note}.")
 
     def _model_unavailable(self, spec: str) -> None:
-        self.window.canvas.set_live_handles(None)
+        self.canvas.set_live_handles(None)
         self.progress.reset()
         why = self._missing_note or "no other model was chosen"
         self.progress.status.setText(f"Did not drag: {spec} is not on this computer and {why}.")
 
     def _on_document(self, notice: Notice) -> None:
         if notice.change == Change.IMAGE:
-            pending = self.runner.pending
-            if pending is not None and self.window.document.image is not pending.before:
-                self.runner.discard()
-            if self.runner.busy and self.task is not None:
-                self.runner.cancel()
-        self._update_enabled()
+            pending = self.controller.pending
+            if pending is not None and self.document.image is not pending.before:
+                self.controller.discard()
+            if self.controller.busy and self.task is not None:
+                self.controller.cancel()
+        self.update_enabled()
 
     def blocker(self) -> str:
         """Why Drag cannot run now ("" when it can, or when it runs and so can be cancelled)."""
-        other = ""
-        if not self.runner.busy and self.host.busy:
-            generating = getattr(self.window, "generate_ui", None)
-            other = "generation" if generating is not None and generating.running else "job"
-        return drag_blocker(self.window.document, drag_running=self.runner.busy, other_job=other)
+        other = self.other_job() if not self.controller.busy and self.host.busy else ""
+        return drag_blocker(self.document, drag_running=self.controller.busy, other_job=other)
 
-    def _update_enabled(self) -> None:
-        busy, actions = self.runner.busy, self.window.actions
-        has_result = self.runner.pending is not None and not busy
+    def update_enabled(self) -> None:
+        busy, actions = self.controller.busy, self.frame.actions
+        has_result = self.controller.pending is not None and not busy
         reason = self.blocker()
         actions["drag"].setEnabled(not reason)
         self.progress.drag_button.setEnabled(not reason)
@@ -368,12 +395,12 @@ class DragUI:
     async def _resolve_missing_model(self, spec: str, failure: Failure) -> str | None:
         self._missing_note = ""
         self.progress.status.setText(f"The model {spec} is not on this computer.")
-        choice = await self.window.ask_missing_model(spec, failure)
-        picker = self.window.model_picker
+        choice = await self.services.ask_missing_model(spec, failure)
+        picker = self.model_picker
         if choice == ModelChoice.DOWNLOAD:
             self.progress.status.setText(f"Downloading {spec}…")
             try:
-                await download_with_dialog(self.window, spec)
+                await download_with_dialog(self.frame.window, spec)
             except Exception as exc:
                 from dragstudio.runner import describe_failure
 
@@ -382,7 +409,7 @@ class DragUI:
                     "its download was cancelled" if found.cancelled else "its download failed"
                 )
                 if not found.cancelled:
-                    self.window.show_failure(
+                    self.services.show_failure(
                         Failure(
                             found.message.rstrip(".") + ".",
                             "DragStudio keeps working: choose a model folder or a "
@@ -395,7 +422,7 @@ class DragUI:
         if choice in (ModelChoice.FOLDER, ModelChoice.FILE):
             folder = choice == ModelChoice.FOLDER
             path = await choose_existing_path(
-                self.window,
+                self.frame.window,
                 "Choose a diffusers model folder" if folder else "Choose a checkpoint",
                 folder=folder,
                 name_filter="" if folder else CHECKPOINT_FILTER,
@@ -412,7 +439,7 @@ def model_on_disk(spec: str) -> bool:
     return not looks_like_hub_id(spec) or hub_model_cached(spec)
 
 
-def show_failure_dialog(window: MainWindow, failure: Failure) -> None:
+def show_failure_dialog(window: QWidget, failure: Failure) -> None:
     """Shown without blocking: this is often called from inside a running coroutine."""
     box = failure_box(window, failure)
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

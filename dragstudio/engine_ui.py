@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -29,13 +30,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from backend.project import BundledLora
 from backend.server.auth import read_private, write_private
 from backend.settings import SettingsStore
 from dragstudio.remote import RemoteEngineHost, check_connection
 from dragstudio.runner import EngineHost, default_engine_factory
-
-if TYPE_CHECKING:
-    from dragstudio.main_window import MainWindow
+from dragstudio.window_services import WindowFrame
 
 LOCAL, SERVER = "local", "server"
 TOKEN_FILE = "server_token"
@@ -151,25 +151,40 @@ class EngineDialog(QDialog):
 class EngineUI:
     """The Settings → Engine action, the status-bar indicator, and swapping hosts."""
 
-    def __init__(self, window: MainWindow) -> None:
-        self.window = window
+    def __init__(
+        self,
+        frame: WindowFrame,
+        *,
+        lora_cache: Any,
+        current_host: Callable[[], Any],
+        set_host: Callable[[Any], None],
+        document_lora: Callable[[], BundledLora | None],
+    ) -> None:
+        """``current_host``/``set_host`` read and swap the window's host (every part that
+        uses it follows); ``document_lora`` is the LoRA a server may be sent for this
+        document (the project's)."""
+        self.frame = frame
+        self.lora_cache = lora_cache
+        self.current_host = current_host
+        self.set_host = set_host
+        self.document_lora = document_lora
         self.indicator = QLabel("")
         self.indicator.setObjectName("engineIndicator")
         self.indicator.setMinimumWidth(160)
-        window.statusBar().addPermanentWidget(self.indicator)
-        action = window._action("engine_settings", "&Engine…", self.open_dialog,
-                                tip="Run on this computer or on a server")  # fmt: skip
+        frame.status.addPermanentWidget(self.indicator)
+        action = frame.actions.add("engine_settings", "&Engine…", self.open_dialog,
+                                   tip="Run on this computer or on a server")  # fmt: skip
         self.menu = self._settings_menu()
         self.menu.addAction(action)
-        self.attach(window.drag_ui.host)
+        self.attach(current_host())
 
     def _settings_menu(self) -> QMenu:
-        bar = self.window.menuBar()
+        bar = self.frame.window.menuBar()
         for act in bar.actions():
             menu = act.menu()
             if menu is not None and menu.objectName() == "settingsMenu":
                 return menu
-        menu = QMenu("&Settings", self.window)
+        menu = QMenu("&Settings", self.frame.window)
         menu.setObjectName("settingsMenu")
         bar.insertMenu(bar.actions()[-1], menu)  # before Help
         return menu
@@ -178,7 +193,7 @@ class EngineUI:
         """Show ``host``'s state in the indicator and let it upload the project's LoRA."""
         if isinstance(host, RemoteEngineHost):
             host.status_listener = self._show_status
-            host.lora_provider = lambda: self.window.project_ui.bundled
+            host.lora_provider = self.document_lora
             self._show_status(*host.status)
         else:
             self.indicator.setText("Engine: this computer")
@@ -190,22 +205,19 @@ class EngineUI:
         self.indicator.setToolTip(text)
 
     def open_dialog(self) -> None:
-        dialog = EngineDialog(self.window.prefs, self.window)
+        dialog = EngineDialog(self.frame.prefs, self.frame.window)
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.apply()
 
     def apply(self) -> bool:
         """Switch to the engine the settings name; False (and a message) while a job runs."""
-        w = self.window
-        old = w.drag_ui.host
+        old = self.current_host()
         if old.busy:
-            QMessageBox.information(w, "Engine", "The new engine is used once the current job "
-                                    "ends; choose it again then.")  # fmt: skip
+            QMessageBox.information(self.frame.window, "Engine", "The new engine is used once "
+                                    "the current job ends; choose it again then.")  # fmt: skip
             return False
-        host = make_host(w.prefs, w.lora_cache)
-        w.drag_ui.host = host
-        w.drag_ui.runner.host = host
-        w.generate_ui.host = host
+        host = make_host(self.frame.prefs, self.lora_cache)
+        self.set_host(host)
         with contextlib.suppress(Exception):
             old.shutdown()
         self.attach(host)

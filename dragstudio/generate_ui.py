@@ -9,25 +9,45 @@ saving writes its latents and the first drag on it needs no LoRA and no inversio
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import QFrame, QScrollArea
 
+from backend.document import Document
 from backend.events import GENERATE_STAGES, StageFinished, StageStarted, StepProgress
+from dragstudio.document_switch import DocumentSwitch
 from dragstudio.panels.generate import IDLE_NOTE, GeneratePanel
-from dragstudio.panels.progress import format_seconds
-from dragstudio.runner import Outcome
-
-if TYPE_CHECKING:
-    from dragstudio.main_window import MainWindow
+from dragstudio.panels.progress import ProgressPanel, format_seconds
+from dragstudio.runner import EngineHost, Outcome
+from dragstudio.window_services import WindowFrame, WindowServices
 
 
 class GenerateUI:
-    def __init__(self, window: MainWindow) -> None:
-        self.window = window
-        self.host = window.drag_ui.host
-        self.progress = window.drag_ui.progress
+    def __init__(
+        self,
+        frame: WindowFrame,
+        services: WindowServices,
+        host: EngineHost,
+        *,
+        document: Document,
+        undo_stack: QUndoStack,
+        progress: ProgressPanel,
+        switch: DocumentSwitch,
+        running_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``progress``: the Edit panel's rows, shared with drags; ``running_changed``: told
+        when a generation starts or ends (the Drag button waits meanwhile)."""
+        self.frame = frame
+        self.services = services
+        self.host = host
+        self.document = document
+        self.undo_stack = undo_stack
+        self.progress = progress
+        self.switch = switch
+        self.running_changed = running_changed
         self.panel = GeneratePanel()
         # Scrolls like the Edit panel, so the form never sets the window's minimum height.
         scroll = QScrollArea()
@@ -36,28 +56,28 @@ class GenerateUI:
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.dock = window._dock("Generate", "generateDock", scroll)
         # Beside History and Results, not the Edit panel: its progress rows stay in view.
-        window.tabifyDockWidget(window.history_dock, self.dock)
-        window.history_dock.raise_()
+        self.dock = frame.docks.add("Generate", "generateDock", scroll, tabbed=True)
+        frame.docks.raise_tab_anchor()
         self.task: asyncio.Future[Outcome | None] | None = None
         self.running = False
         self.panel.generateRequested.connect(self.toggle)
-        window._action(
+        action = frame.actions.add(
             "generate",
             "&Generate Image…",
             self.show_panel,
             shortcuts=["Ctrl+G"],
             tip="Generate a new image from a prompt (it drags without LoRA or inversion)",
         )
-        window.file_menu.insertAction(window.file_menu.actions()[1], window.actions["generate"])
+        frame.file_menu.insertAction(frame.file_menu.actions()[1], action)
+        switch.on_opened(lambda _keep: self.new_document())
 
     def show_panel(self) -> None:
         self.dock.show()
         self.dock.raise_()
         # Just the form's height: the Edit panel above keeps room for the progress rows.
         height = self.panel.sizeHint().height() + 30
-        self.window.resizeDocks([self.dock], [height], Qt.Orientation.Vertical)
+        self.frame.window.resizeDocks([self.dock], [height], Qt.Orientation.Vertical)
         self.panel.prompt.setFocus(Qt.FocusReason.ShortcutFocusReason)
 
     def toggle(self) -> None:
@@ -71,8 +91,8 @@ class GenerateUI:
         if self.running or self.host.busy:
             self.panel.status.setText("Wait for the running job to finish (or cancel it).")
             return None
-        w = self.window
-        if w.document.has_image and not w.undo_stack.isClean() and not w.confirm_discard():
+        doc, stack = self.document, self.undo_stack
+        if doc.has_image and not stack.isClean() and not self.services.confirm_discard():
             return None
         loop = asyncio.get_event_loop_policy().get_event_loop()
         self._set_running(True)  # at once: the button turns into Cancel before the task runs
@@ -80,15 +100,15 @@ class GenerateUI:
         return self.task
 
     async def generate(self) -> Outcome | None:
-        w, panel, progress = self.window, self.panel, self.progress
+        panel, progress, stack = self.panel, self.progress, self.undo_stack
         spec = panel.spec()
-        model = w.document.model
-        stack_index = w.undo_stack.index()
+        model = self.document.model
+        stack_index = stack.index()
         self._set_running(True)
         progress.reset()
         progress.show_stages(GENERATE_STAGES)
         progress.status.setText(f"Generating {spec.width}×{spec.height}…")
-        w.ensure_run_panel_visible()
+        self.services.ensure_run_panel_visible()
         panel.status.setText("Generating… (progress in the Edit panel)")
         try:
             outcome = await self.host.run_generate(spec, model, self._on_event)
@@ -102,11 +122,11 @@ class GenerateUI:
             else:
                 panel.status.setText(outcome.failure.message)
                 progress.status.setText(outcome.failure.message)
-                w.show_failure(outcome.failure)
+                self.services.show_failure(outcome.failure)
             return outcome
         image, generation = outcome.value
-        changed = w.undo_stack.index() != stack_index  # edited while it ran: ask again
-        if changed and not w.undo_stack.isClean() and not w.confirm_discard():
+        changed = stack.index() != stack_index  # edited while it ran: ask again
+        if changed and not stack.isClean() and not self.services.confirm_discard():
             panel.status.setText("Kept the open image; the generated one was dropped.")
             return outcome
         self._open(image, generation, model)
@@ -117,26 +137,27 @@ class GenerateUI:
 
     def _open(self, image: Any, generation: Any, model: str) -> None:
         """Make the generated image a new, unsaved document that keeps its latents."""
-        w = self.window
-        w.drag_ui.runner.discard()
-        w.document.set_image(image, None, generation=generation)
-        w.document.set_prompt(generation.prompt)
-        w.document.set_model(model)
-        w.undo_stack.clear()
-        w.project_ui.reset()
-        w.undo_stack.resetClean()  # it exists nowhere else yet: closing asks to save it
-        w.document_opened(keep_progress=True)
-        w._update_title()
-        w.canvas.setFocus()
-        w.statusBar().showMessage(
-            "Generated a new image: it drags from its own latents, without LoRA or inversion",
-            6000,
+
+        def load(doc: Document) -> None:
+            doc.set_image(image, None, generation=generation)
+            doc.set_prompt(generation.prompt)
+            doc.set_model(model)
+
+        # Unsaved: it exists nowhere else yet, so closing asks to save it. The progress rows
+        # describe how it was made, so they stay.
+        self.switch.replace(
+            load,
+            unsaved=True,
+            keep_progress=True,
+            message="Generated a new image: it drags from its own latents, without LoRA or "
+            "inversion",
+            message_ms=6000,
         )
 
     def _set_running(self, running: bool) -> None:
         self.running = running
         self.panel.set_running(running)
-        self.window.drag_ui._update_enabled()
+        self.running_changed()
 
     def _on_event(self, _job: int, event: object) -> None:
         if isinstance(event, StageStarted):

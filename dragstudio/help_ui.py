@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
@@ -22,9 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from dragstudio.resources import resources_dir
-
-if TYPE_CHECKING:
-    from dragstudio.main_window import MainWindow
+from dragstudio.window_services import WindowFrame, WindowServices
 
 CANVAS_KEYS: tuple[tuple[str, str], ...] = (
     ("Click, click", "Place a handle, then its target"),
@@ -91,31 +88,33 @@ class ShortcutsDialog(QDialog):
 
 
 class HelpUI:
-    def __init__(self, window: MainWindow) -> None:
-        self.window = window
+    def __init__(self, frame: WindowFrame, services: WindowServices) -> None:
+        self.frame = frame
+        self.services = services
         self.dialog: ShortcutsDialog | None = None
-        shortcuts = window._action(
+        shortcuts = frame.actions.add(
             "shortcuts",
             "&Keyboard Shortcuts",
             self.show_shortcuts,
             shortcuts=["F1", "Ctrl+/"],
             tip="Every keyboard shortcut, by menu",
         )
-        docs = window._action(
+        docs = frame.actions.add(
             "docs", "&Documentation", self.open_docs, tip="Open the user guide (README)"
         )
-        help_menu = window.help_menu
-        about: QAction = window.actions["about"]
+        help_menu = frame.help_menu
+        about: QAction = frame.actions["about"]
         help_menu.insertAction(about, shortcuts)
         help_menu.insertAction(about, docs)
         help_menu.insertSeparator(about)
 
     def show_shortcuts(self) -> ShortcutsDialog:
         """Non-modal, so it can stay open beside the canvas while learning the keys."""
+        window = self.frame.window
         if self.dialog is None:
-            self.dialog = ShortcutsDialog(self.window)
+            self.dialog = ShortcutsDialog(window)
         else:
-            self.dialog.text.setHtml(shortcuts_html(self.window))
+            self.dialog.text.setHtml(shortcuts_html(window))
         self.dialog.show()
         self.dialog.raise_()
         self.dialog.setWindowState(self.dialog.windowState() & ~Qt.WindowState.WindowMinimized)
@@ -124,6 +123,6 @@ class HelpUI:
     def open_docs(self) -> bool:
         path = docs_path()
         if not path.is_file():
-            self.window.show_error("Documentation", f"The user guide is not at {path}.")
+            self.services.show_error("Documentation", f"The user guide is not at {path}.")
             return False
         return QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))

@@ -8,8 +8,9 @@ engine's progress panel goes, and the canvas shows live handle positions when to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer
 from PySide6.QtGui import (
@@ -24,7 +25,6 @@ from PySide6.QtGui import (
     QUndoStack,
 )
 from PySide6.QtWidgets import (
-    QDockWidget,
     QFileDialog,
     QFrame,
     QLabel,
@@ -46,6 +46,7 @@ from dragstudio.canvas import CanvasView, Tool
 from dragstudio.canvas.view import percent_text
 from dragstudio.commands import ClearPairs, EditMask, InvertMask
 from dragstudio.dialogs import ModelChoice, ask_missing_model
+from dragstudio.document_switch import DocumentSwitch
 from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.engine_ui import EngineUI, make_host
 from dragstudio.generate_ui import GenerateUI
@@ -59,6 +60,7 @@ from dragstudio.project_dialogs import cache_limit_bytes
 from dragstudio.project_ui import PROJECT_FILTER, ProjectUI, is_project
 from dragstudio.resources import app_icon, icon
 from dragstudio.runner import EngineHost, Failure
+from dragstudio.window_services import ActionRegistry, DockArea, WindowFrame, shortcut_text
 
 APP_NAME = "DragStudio"
 IMAGE_TYPES = "*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp *.gif *.jfif"
@@ -79,10 +81,6 @@ BRUSH_STEP = 1.25
 """[ and ] scale the brush by this factor, so a few presses go from fine to broad."""
 
 
-def _shortcut_text(shortcuts: Sequence[QKeySequence]) -> str:
-    return ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in shortcuts)
-
-
 class MainWindow(QMainWindow):
     def __init__(self, settings: QSettings | None = None, host: EngineHost | None = None) -> None:
         super().__init__()
@@ -90,10 +88,9 @@ class MainWindow(QMainWindow):
         self.prefs = open_prefs(self.settings)
         self.document = Document()
         self.undo_stack = QUndoStack(self)
-        self.actions: dict[str, QAction] = {}
+        self.actions = ActionRegistry(self)
 
         self._shown_once = False
-        self.docks: list[QDockWidget] = []
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.setDockNestingEnabled(True)
@@ -103,17 +100,60 @@ class MainWindow(QMainWindow):
 
         self._build_actions()
         self._build_menus()
+        self.dock_area = DockArea(self, self.view_menu)
+        self.docks = self.dock_area.docks
         self._build_toolbars()
         self._build_docks()
         self._build_status_bar()
         self.lora_cache = LoraCache(limit_bytes=cache_limit_bytes(self.prefs))
-        self.drag_ui = DragUI(self, host or make_host(self.prefs, self.lora_cache))
+        # The window parts get what they need, never the window as a MainWindow.
+        frame = WindowFrame(
+            window=self,
+            actions=self.actions,
+            docks=self.dock_area,
+            status=self.statusBar(),
+            file_menu=self.file_menu,
+            help_menu=self.help_menu,
+            prefs=self.prefs,
+        )
+        self.switch = DocumentSwitch(self.document, self.undo_stack, self.statusBar(), self.canvas)
+        self.drag_ui = DragUI(
+            frame,
+            self,
+            host or make_host(self.prefs, self.lora_cache),
+            document=self.document,
+            undo_stack=self.undo_stack,
+            canvas=self.canvas,
+            model_picker=self.model_picker,
+            progress_slot=self.progress_slot,
+            switch=self.switch,
+            other_job=self._other_job,
+        )
         self.drag_ui.host.memory = self.memory_combo.plan
         self.memory_combo.planChanged.connect(self._memory_plan_changed)
         self.project_ui = ProjectUI(self, self.lora_cache)
-        self.generate_ui = GenerateUI(self)
-        self.engine_ui = EngineUI(self)
-        self.help_ui = HelpUI(self)
+        self.generate_ui = GenerateUI(
+            frame,
+            self,
+            self.drag_ui.host,
+            document=self.document,
+            undo_stack=self.undo_stack,
+            progress=self.drag_ui.progress,
+            switch=self.switch,
+            running_changed=self.drag_ui.update_enabled,
+        )
+        self.engine_ui = EngineUI(
+            frame,
+            lora_cache=self.lora_cache,
+            current_host=lambda: self.drag_ui.host,
+            set_host=self._set_host,
+            document_lora=lambda: self.project_ui.bundled,
+        )
+        self.help_ui = HelpUI(frame, self)
+        # A photo or generated image has no project file and no LoRA of its own yet.
+        self.switch.on_forget(self.project_ui.reset)
+        self.switch.on_opened(lambda _keep: self._update_enabled())
+        self.switch.on_opened(lambda _keep: self._update_title())
 
         # A bound slot, not a lambda: Qt drops it when the window dies before its stack.
         self.undo_stack.cleanChanged.connect(self._clean_changed)
@@ -133,31 +173,13 @@ class MainWindow(QMainWindow):
         name: str,
         text: str,
         slot: Callable[[], object] | None = None,
-        *,
-        shortcuts: Sequence[QKeySequence | QKeySequence.StandardKey | str] = (),
-        icon_name: str = "",
-        tip: str = "",
-        checkable: bool = False,
+        **options: Any,
     ) -> QAction:
-        action = QAction(text, self)
-        action.setObjectName(name)
-        keys = [QKeySequence(s) for s in shortcuts]
-        if keys:
-            action.setShortcuts(keys)
-        if icon_name:
-            action.setIcon(icon(icon_name))
-        action.setCheckable(checkable)
-        tip = tip or text.replace("&", "").rstrip("…")
-        action.setToolTip(f"{tip} ({_shortcut_text(keys)})" if keys else tip)
-        action.setStatusTip(tip)
-        if slot is not None:
-            action.triggered.connect(lambda *_: slot())
-        self.addAction(action)
-        self.actions[name] = action
-        return action
+        """:meth:`ActionRegistry.add`, by the name ``project_ui`` still calls."""
+        return self.actions.add(name, text, slot, **options)
 
     def _build_actions(self) -> None:
-        a = self._action
+        a = self.actions.add
         a(
             "open",
             "&Open…",
@@ -175,9 +197,8 @@ class MainWindow(QMainWindow):
         for name, act, tip in (("undo", undo, "Undo"), ("redo", redo, "Redo")):
             act.setObjectName(name)
             act.setIcon(icon(name))
-            act.setToolTip(f"{tip} ({_shortcut_text(act.shortcuts())})")
-            self.addAction(act)
-            self.actions[name] = act
+            act.setToolTip(f"{tip} ({shortcut_text(act.shortcuts())})")
+            self.actions.register(name, act)
 
         a(
             "delete_pair",
@@ -399,28 +420,25 @@ class MainWindow(QMainWindow):
         self.edit_dock_scroll.setWidgetResizable(True)
         self.edit_dock_scroll.setFrameShape(QFrame.Shape.NoFrame)
         self.edit_dock_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.edit_dock = self._dock("Edit", "editDock", self.edit_dock_scroll)
+        self.edit_dock = self.dock_area.add("Edit", "editDock", self.edit_dock_scroll)
 
         self.history_view = HistoryView(self.undo_stack)
-        self.history_dock = self._dock("History", "historyDock", self.history_view)
+        self.history_dock = self.dock_area.add("History", "historyDock", self.history_view)
         self.splitDockWidget(self.edit_dock, self.history_dock, Qt.Orientation.Vertical)
-
-    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
-        dock = QDockWidget(title, self)
-        dock.setObjectName(name)
-        dock.setWidget(widget)
-        dock.setFeatures(
-            QDockWidget.DockWidgetFeature.DockWidgetMovable
-            | QDockWidget.DockWidgetFeature.DockWidgetClosable
-            | QDockWidget.DockWidgetFeature.DockWidgetFloatable
-        )
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        self.view_menu.addAction(dock.toggleViewAction())
-        self.docks.append(dock)
-        return dock
+        self.dock_area.tab_with = self.history_dock  # Results and Generate go beside History
 
     def _memory_plan_changed(self, plan: str) -> None:
         self.drag_ui.host.memory = plan  # the next edit switches plans on the engine thread
+
+    def _set_host(self, host: Any) -> None:
+        """Settings → Engine chose another engine: drags and generations go to it."""
+        self.drag_ui.host = host  # its controller and the background preparer follow
+        self.generate_ui.host = host
+
+    def _other_job(self) -> str:
+        """What holds the engine when no drag does, in words for the Drag button's reason."""
+        generate = getattr(self, "generate_ui", None)  # built after the Drag part
+        return "generation" if generate is not None and generate.running else "job"
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -455,27 +473,20 @@ class MainWindow(QMainWindow):
         QGuiApplication.restoreOverrideCursor()
         if not self.undo_stack.isClean() and not self.confirm_discard():
             return False
-        self.drag_ui.runner.discard()
-        self.document.set_image(image, path)
-        self.document.set_prompt("")  # the prompt describes a photo; this is another one
-        self.undo_stack.clear()
-        self.project_ui.reset()
+
+        def load(document: Document) -> None:
+            document.set_image(image, path)
+            document.set_prompt("")  # the prompt describes a photo; this is another one
+
+        self.switch.replace(load, message=f"Opened {Path(path).name}")
         self.project_ui.remember_recent(Path(path))
-        self.document_opened()
         self.prefs.update(last_dir=str(Path(path).resolve().parent))
-        self.statusBar().showMessage(f"Opened {Path(path).name}", 4000)
-        self.canvas.setFocus()
         return True
 
     def document_opened(self, *, keep_progress: bool = False) -> None:
-        """A new document (photo, project or generated image): no state of the last one stays.
-
-        ``keep_progress`` keeps the progress rows of the job that made this document (a
-        generation), which describe it rather than the last one."""
-        self.statusBar().clearMessage()
-        self.drag_ui.new_document(keep_progress=keep_progress)
-        self.generate_ui.new_document()
-        self._update_enabled()
+        """The last step of :meth:`DocumentSwitch.replace` alone, for ``ProjectUI``, which still
+        does the earlier steps itself: no view shows anything of the last document."""
+        self.switch.opened(keep_progress=keep_progress)
 
     def show_error(self, title: str, message: str) -> None:
         QMessageBox.warning(self, title, message)
@@ -730,7 +741,7 @@ class MainWindow(QMainWindow):
 
     def running_job(self) -> str:
         """What runs on the engine now, in words ("" when nothing does)."""
-        if self.drag_ui.runner.busy:
+        if self.drag_ui.controller.busy:
             return "drag"
         if self.generate_ui.running:
             return "generation"

@@ -54,7 +54,7 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
 
     w = window  # MainWindow
     host = w.drag_ui.host  # type: ignore[attr-defined]
-    runner = w.drag_ui.runner  # type: ignore[attr-defined]
+    controller = w.drag_ui.controller  # type: ignore[attr-defined]
     doc = w.document  # type: ignore[attr-defined]
 
     from backend.tiny import save_tiny_model  # imports torch, so it runs on the engine thread
@@ -77,7 +77,7 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
     _check_repaints(w, checks)
 
     handle_updates: list[tuple[float, float]] = []
-    runner.stepProgress.connect(
+    controller.stepProgress.connect(
         lambda e: e.handles is not None and handle_updates.append(e.handles[0])
     )
     w.actions["drag"].trigger()  # type: ignore[attr-defined]
@@ -87,12 +87,12 @@ async def _run(window: object, checks: Checks, folder: Path) -> None:
     outcome = await task
     failure = getattr(outcome, "failure", None)
     checks.check("drag finished", failure is None, getattr(failure, "message", ""))
-    started = [e.stage.value for e in runner.events if type(e).__name__ == "StageStarted"]
+    started = [e.stage.value for e in controller.events if type(e).__name__ == "StageStarted"]
     checks.check("stage events in order", tuple(started) == STAGES, " → ".join(started))
     moved = len(handle_updates) > 0
     checks.check("tracking events arrived", moved, f"{len(handle_updates)} handle updates")
-    pending = runner.pending
-    stages = runner.pending.trace.stages if runner.pending is not None else {}
+    pending = controller.pending
+    stages = controller.pending.trace.stages if controller.pending is not None else {}
     print("     stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     checks.check(
         "result arrived",

@@ -79,8 +79,8 @@ class Recorder:
         self.started: list[StageStarted] = []
         self.live: list[tuple[tuple[float, float], ...]] = []
         self.button_texts: set[str] = set()
-        w.drag_ui.runner.stageStarted.connect(self._started)
-        w.drag_ui.runner.stepProgress.connect(lambda e: self._step(w, e))
+        w.drag_ui.controller.stageStarted.connect(self._started)
+        w.drag_ui.controller.stepProgress.connect(lambda e: self._step(w, e))
         self.w = w
 
     def _started(self, e: StageStarted) -> None:
@@ -123,7 +123,7 @@ def test_drag_accept_undo_and_reuse_the_lora(
     assert "done in" in w.drag_ui.progress.note(Stage.DENOISE)
 
     # The result sits over the original until accepted; the document has not changed.
-    pending = w.drag_ui.runner.pending
+    pending = w.drag_ui.controller.pending
     assert pending is not None and w.canvas.has_result and w.drag_ui.result_bar.isVisible()
     assert w.document.image is original
     w.drag_ui.result_bar.split.setValue(40)
@@ -131,7 +131,7 @@ def test_drag_accept_undo_and_reuse_the_lora(
     w.drag_ui.result_bar.accept_button.click()
     assert w.document.image is pending.image and w.document.pairs == ()
     assert len(w.document.history) == 1 and w.drag_ui.results.count() == 2
-    assert not w.canvas.has_result and w.drag_ui.runner.pending is None
+    assert not w.canvas.has_result and w.drag_ui.controller.pending is None
 
     w.undo_stack.undo()
     assert w.document.image is original and len(w.document.pairs) == 1
@@ -193,7 +193,7 @@ def test_cancel_in_each_stage_leaves_the_document_as_it_was(
             cancelled.append(e.stage)
             w.drag_ui.progress.drag_button.click()  # it says Cancel now
 
-    w.drag_ui.runner.stageStarted.connect(on_stage)
+    w.drag_ui.controller.stageStarted.connect(on_stage)
     outcome = press_drag(w, loop)
     assert cancelled, f"{stage} never started"
     host.wait_closed()  # the engine thread has stopped: its count is final
@@ -203,7 +203,7 @@ def test_cancel_in_each_stage_leaves_the_document_as_it_was(
     assert len(steps) <= 1 and not any(isinstance(e, StageStarted) for e in after_cancel)
     assert outcome.failure is not None and outcome.failure.cancelled
     assert state(w) == before
-    assert w.drag_ui.runner.pending is None and not w.canvas.has_result
+    assert w.drag_ui.controller.pending is None and not w.canvas.has_result
     assert w.canvas.live_handles is None
     assert w.drag_ui.progress.drag_button.text() == "Drag"
     assert "Cancelled" in w.drag_ui.progress.status.text()
@@ -242,7 +242,7 @@ def test_offline_download_fails_clearly_and_the_app_keeps_working(
     assert "could not download nobody/no-such-model" in failure.message
     assert "keeps working" in failure.suggestion
     assert state(w) == before
-    assert not w.drag_ui.runner.busy and w.drag_ui.progress.drag_button.text() == "Drag"
+    assert not w.drag_ui.controller.busy and w.drag_ui.progress.drag_button.text() == "Drag"
     assert w.actions["drag"].isEnabled()
     status = w.drag_ui.progress.status.text()
     assert "download failed" in status and "Cancelled" not in status
@@ -273,7 +273,7 @@ def test_an_engine_failure_shows_a_dialog_with_details(
     assert outcome.failure is not None and outcome.failure.out_of_memory
     assert Broken.released == 1
     assert [f.message for f in w.failures] == ["The GPU ran out of memory."]
-    assert state(w) == before and not w.drag_ui.runner.busy
+    assert state(w) == before and not w.drag_ui.controller.busy
 
     box = failure_box(w, w.failures[0])
     assert box.text() == "The GPU ran out of memory."

@@ -45,7 +45,7 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
         assert ui.apply()
         host = window.drag_ui.host
         assert isinstance(host, RemoteEngineHost)
-        assert window.drag_ui.runner.host is host and window.generate_ui.host is host
+        assert window.drag_ui.controller.host is host and window.generate_ui.host is host
         assert "○" in ui.indicator.text()  # not connected until the first job
         outcome = loop.run_until_complete(host.load_model("tiny"))
         assert outcome.ok

@@ -156,7 +156,7 @@ def test_cancel_then_drag_again(w: Any, loop: Any, sample_image: Path, how: str)
     button.click()
     again = finish(loop, w.drag_ui.task)
     assert again.ok, again.failure
-    assert w.drag_ui.runner.pending is not None and w.drag_ui.result_bar.isVisible()
+    assert w.drag_ui.controller.pending is not None and w.drag_ui.result_bar.isVisible()
 
 
 def test_the_reason_drag_cannot_run_is_shown(w: Any, loop: Any, sample_image: Path) -> None:
@@ -390,7 +390,7 @@ def test_quitting_during_a_drag_asks_then_cancels(w: Any, loop: Any, sample_imag
     asked: list[str] = []
     w.ask_quit_during_job = lambda what: asked.append(what) or False
     assert not w.close()  # "no": the window stays and the drag goes on
-    assert asked == ["drag"] and w.isVisible() and w.drag_ui.runner.busy
+    assert asked == ["drag"] and w.isVisible() and w.drag_ui.controller.busy
     w.ask_quit_during_job = lambda what: asked.append(what) or True
     start = time.perf_counter()
     assert w.close()

@@ -75,7 +75,7 @@ def test_drag_after_preparation_skips_lora_and_inversion(
     assert done.ok, done.failure
     assert "Preparing · LoRA 3/3" in statuses and any("inversion" in s for s in statuses)
     assert w.drag_ui.preparing_label.text() == "Ready to drag"
-    assert not w.drag_ui.runner.busy  # preparing is not a running job: the window stays free
+    assert not w.drag_ui.controller.busy  # preparing is not a running job: the window stays free
 
     for p in ((60.0, 96.0), (100.0, 96.0)):  # points never restart a preparation
         click(w.canvas, w.canvas.image_to_view(p))
@@ -83,7 +83,7 @@ def test_drag_after_preparation_skips_lora_and_inversion(
     w.drag_ui.progress.drag_button.click()
     outcome = loop.run_until_complete(asyncio.wait_for(w.drag_ui.task, 240))
     assert outcome.ok, outcome.failure
-    events = w.drag_ui.runner.events
+    events = w.drag_ui.controller.events
     started = {e.stage: e.detail for e in events if isinstance(e, StageStarted)}
     assert started[Stage.LORA] == "reusing the LoRA in memory"
     assert started[Stage.INVERSION] == "reusing the inverted latent"

@@ -238,12 +238,12 @@ def test_the_vae_field_reaches_the_request_is_remembered_and_reset(
     assert field.placeholderText() == "model's own VAE" and field.text() == ""
     window.open_path(sample_image)
     window.document.set_pairs([Pair((10.0, 10.0), (20.0, 10.0))])
-    assert window.drag_ui.runner.build_request().vae is None
+    assert window.drag_ui.controller.build_request().vae is None
     vae = str(tmp_path / "sd-vae-ft-mse")
     qtbot.keyClicks(field, vae)
     qtbot.keyClick(field, Qt.Key.Key_Return)
     assert window.document.vae == vae
-    assert window.drag_ui.runner.build_request().vae == vae
+    assert window.drag_ui.controller.build_request().vae == vae
     window.close()
     again = MainWindow(settings)
     try:
