@@ -26,6 +26,7 @@ from backend.attention import ReferenceKV, reference_control
 from backend.caches import EngineCaches, LoraInfo
 from backend.cancel import CancelToken
 from backend.ddim import Schedule
+from backend.ddim_float32 import Float32Schedule
 from backend.drag import DragOutcome, DragStepInfo, optimize_latent
 from backend.errors import DragStudioError, InvalidRequest
 from backend.events import (
@@ -440,7 +441,10 @@ class Engine:
     def _plan(self, request: DragRequest) -> _Plan:
         """Step 2: sizes, schedule, the optimised timestep and the text conditioning."""
         pipe, params = self.pipe, request.params
-        schedule = Schedule.from_scheduler(pipe.scheduler, params.inference_steps)
+        # GoodDrag steps with diffusers' float32 coefficients, as its authors' code does
+        # (backend/ddim_float32.py says why that matters); paper mode keeps its own.
+        schedule_type = Float32Schedule if request.method == GOODDRAG else Schedule
+        schedule = schedule_type.from_scheduler(pipe.scheduler, params.inference_steps)
         image_size = request.image_size
         work_w, work_h = imaging.working_size(*image_size, params.working_width)
         generation = request.generation
@@ -451,7 +455,7 @@ class Engine:
                     f"the image is {image_size[0]}×{image_size[1]} but it was generated at "
                     f"{generation.width}×{generation.height}"
                 )
-            schedule = Schedule.from_scheduler(pipe.scheduler, generation.steps)
+            schedule = schedule_type.from_scheduler(pipe.scheduler, generation.steps)
             work_w, work_h = generation.width, generation.height
             guidance = generation.guidance_scale
             text = self._conditioning(generation.prompt, generation.negative_prompt, guidance)
@@ -494,6 +498,7 @@ class Engine:
                 plan.guidance,
                 len(schedule.timesteps),
                 plan.start,
+                type(schedule).__name__,
             )
             return _Start(zt, lora_detail, reference_key)
         # Identity-preserving LoRA.
@@ -508,6 +513,7 @@ class Engine:
             request.prompt,
             len(schedule.timesteps),
             plan.inv_steps,
+            type(schedule).__name__,  # the inversion's arithmetic
         )
         zt = self.caches.get("inversion", reference_key)
         if zt is not None:

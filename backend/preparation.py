@@ -2,8 +2,10 @@
 
 The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model (and VAE,
 which encodes what both learn from) and the LoRA/inversion settings, never on the points or the
-mask. Two requests with the same key share one preparation; a new key supersedes a running one.
-Torch-free: the GUI computes it on its thread to decide whether a preparation is still current.
+mask; GoodDrag inverts with its own DDIM arithmetic (``backend/ddim_float32.py``), so its key
+also names the method. Two requests with the same key share one preparation; a new key
+supersedes a running one. Torch-free: the GUI computes it on its thread to decide whether a
+preparation is still current.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 
 import numpy as np
 
+from backend.methods import PAPER
 from backend.request import DragRequest, params_to_dict
 
 
@@ -41,5 +44,7 @@ def preparation_key(request: DragRequest) -> str | None:
         "inversion_strength": p.inversion_strength,
         "working_width": p.working_width,
     }
+    if request.method != PAPER:
+        inputs["method"] = request.method  # GoodDrag inverts with its own arithmetic
     h.update(json.dumps(inputs, sort_keys=True).encode())
     return h.hexdigest()

@@ -1,8 +1,10 @@
 """Test-only reference: GoodDrag's drag phase re-written from the authors' ``pipeline.py`` and
-``utils/drag_utils.py`` in their own shape (``(row, col)`` points in lists, explicit slicing and
-bilinear weights, diffusers' ``DDIMScheduler.step``, their inversion formula), independent of
-``backend.gooddrag``. No LoRA, fp32, guidance 1, the authors' compare mode (always on in their
-``gooddrag_step``). It returns the handles after every drag step, for trajectory comparison.
+``utils/drag_utils.py`` (commit 6948dfe) in their own shape (``(row, col)`` points in lists,
+explicit slicing, stacked bilinear corner patches, diffusers' ``DDIMScheduler.step``, their
+``inv_step`` on the float32 ``alphas_cumprod``, the plain step after each dragged timestep batched
+with the original as theirs is), independent of ``backend``. No LoRA, fp32, guidance 1, the
+authors' compare mode (always on in their ``gooddrag_step``). It returns the handles after every
+drag step, for trajectory comparison. Comments name the authors' lines each part follows.
 """
 
 from __future__ import annotations
@@ -41,19 +43,25 @@ def _inv_step(scheduler: Any, eps: torch.Tensor, t: int, x: torch.Tensor) -> tor
 
 
 def _interp_patch(feat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, r: int) -> torch.Tensor:
+    """``interpolate_feature_patch``: the four corner patches stacked, weighted and summed."""
     x0, y0 = torch.floor(x).long(), torch.floor(y).long()
     x1, y1 = x0 + 1, y0 + 1
-    wa, wb = (x1 - x) * (y1 - y), (x1 - x) * (y - y0)
-    wc, wd = (x - x0) * (y1 - y), (x - x0) * (y - y0)
-    return (
-        wa * feat[:, :, y0 - r : y0 + r + 1, x0 - r : x0 + r + 1]
-        + wb * feat[:, :, y1 - r : y1 + r + 1, x0 - r : x0 + r + 1]
-        + wc * feat[:, :, y0 - r : y0 + r + 1, x1 - r : x1 + r + 1]
-        + wd * feat[:, :, y1 - r : y1 + r + 1, x1 - r : x1 + r + 1]
+    weights = torch.tensor([(x1 - x) * (y1 - y), (x1 - x) * (y - y0),
+                            (x - x0) * (y1 - y), (x - x0) * (y - y0)])  # fmt: skip
+    patches = torch.stack(
+        [
+            feat[:, :, y0 - r : y0 + r + 1, x0 - r : x0 + r + 1],
+            feat[:, :, y1 - r : y1 + r + 1, x0 - r : x0 + r + 1],
+            feat[:, :, y0 - r : y0 + r + 1, x1 - r : x1 + r + 1],
+            feat[:, :, y1 - r : y1 + r + 1, x1 - r : x1 + r + 1],
+        ]
     )
+    return torch.sum(weights.to(feat.device).view(-1, 1, 1, 1, 1) * patches, dim=0)
 
 
 def _track(f0: torch.Tensor, f1: torch.Tensor, points: list, init: list, r2: int) -> list:
+    """``point_tracking`` (L1): the original feature at the *initial* handle, searched for in
+    the ``(2·r2+1)²`` window around the current handle; the first minimum wins."""
     with torch.no_grad():
         for i in range(len(points)):
             p0, p = init[i], points[i]
@@ -114,15 +122,18 @@ def reference_drag(
                 scheduler, unet(latents, t, encoder_hidden_states=text).sample, t, latents
             )
     handles, targets = [], []
+    # get_handle_target_points: [y / full_h * sup_h, x / full_w * sup_w], rounded.
     for n, (x, y) in enumerate(points_xy):
         p = torch.round(torch.tensor([y / h * sup_h, x / w * sup_w]))
         (handles if n % 2 == 0 else targets).append(p)
     init_handles = copy.deepcopy(handles)
+    # prepare_mask, then good_drag: interp_mask = F.interpolate(mask, latent size, 'nearest').
     m = F.interpolate(mask[None, None].float(), (sup_h, sup_w), mode="nearest")
     interp_mask = F.interpolate(m, latents.shape[2:], mode="nearest")
     valid = scheduler.timesteps[steps - n_actual :]
 
-    # The original latent's plain trajectory: features at t and the latent after t.
+    # get_original_features: the original latent denoised alone for i <= t2, keeping
+    # original_step_output[t] (the latent after t) and features[t] (F0 at t).
     originals, prevs = {}, {}
     with torch.no_grad():
         cur = latents.clone()
@@ -135,10 +146,14 @@ def reference_drag(
     history: list[list[tuple[float, float]]] = []
     no_change, do_drag = 0, True
     code = latents.clone()
+    original_init = latents.clone()  # good_drag: original_init = init_code.detach().clone()
     drag_loss_threshold = 0.0 * (2 * r1) ** 2
     for i, t in enumerate(valid):
+        # good_drag: `if i < self.t2 and self.do_drag and (self.no_change_track_num !=
+        # self.max_no_change_track_num)`; later timesteps only denoise (not traced here).
         if not (i < drag_end_step and do_drag and no_change != max_no_change):
             break
+        # gooddrag_step: drag_latents = init_code.clone().detach(); a fresh Adam per timestep.
         z = code.clone().detach().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr)
         first, track_num, cur_drag = True, 0, 0
@@ -146,8 +161,9 @@ def reference_drag(
         while track_num < track_per_step:
             opt.zero_grad()
             eps, f1 = feats(z, t, text)
+            # x_prev_updated = self.model.scheduler.step(unet_output, t, drag_latents, ...)[0]
             x_prev = scheduler.step(eps, t, z, return_dict=False)[0]
-            if first:
+            if first:  # compare_mode: point_tracking(features[t], F1, ...) on the new timestep
                 first = False
                 handles = _track(f0, f1, handles, init_handles, r2)
             if _reached(handles, targets) or no_change == max_no_change:
@@ -165,10 +181,14 @@ def reference_drag(
                               int(p0[1]) - r1 : int(p0[1]) + r1 + 1].detach()  # fmt: skip
                 f1_patch = _interp_patch(f1, p[0] + d[0], p[1] + d[1], r1)
                 drag_loss = drag_loss + (2 * r1) ** 2 * F.l1_loss(f0_patch, f1_patch)
+            # cal_motion_supervision_loss: drag_loss + self.lam * ((x_prev_updated -
+            # original_prev) * (1.0 - interp_mask)).abs().sum(), original_prev being
+            # original_step_output[t]: the original's latent after t, denoised alone.
             loss = drag_loss + lam * ((x_prev - prevs[int(t)]) * (1.0 - interp_mask)).abs().sum()
             loss.backward()
             opt.step()
             cur_drag += 1
+            # need_track: tracking on F1, the features of the pass before this update.
             if cur_drag == max_drag_per_track or drag_loss <= drag_loss_threshold:
                 track_num += 1
                 before = copy.deepcopy(handles)
@@ -180,7 +200,15 @@ def reference_drag(
             if losses is not None:
                 losses.append(float(loss.detach()))
         code = z.detach()
+        # good_drag, after gooddrag_step: one plain DDIM step of the edit, in one batch with
+        # the original (no attention control yet):
+        #   noise_pred_all = self.model.unet(torch.cat([original_init, init_code]), t, ...)
+        #   init_code = self.model.scheduler.step(noise_pred_all[1], t, init_code, ...)[0]
+        #   original_init = self.model.scheduler.step(noise_pred_all[0], t, original_init, ...)[0]
         with torch.no_grad():
-            eps = unet(code, t, encoder_hidden_states=text).sample
-            code = scheduler.step(eps, t, code, return_dict=False)[0]
+            both = unet(
+                torch.cat([original_init, code]), t, encoder_hidden_states=torch.cat([text, text])
+            ).sample
+            code = scheduler.step(both[1:], t, code, return_dict=False)[0]
+            original_init = scheduler.step(both[:1], t, original_init, return_dict=False)[0]
     return history

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from backend import engine as engine_module
 from backend import gooddrag, imaging
 from backend.ddim import Schedule
+from backend.ddim_float32 import Float32Schedule
 from backend.engine import CancelToken, Engine
 from backend.errors import Cancelled, InvalidRequest
 from backend.events import Stage, StageFinished, StageStarted, StepProgress
 from backend.features import unet_with_features
 from backend.methods import GOODDRAG, PAPER, GoodDragParams, with_method_defaults
+from backend.preparation import preparation_key
 from backend.request import DragParams, DragRequest, LoraParams, PointPair
 from tests.gooddrag_reference import reference_drag
 
@@ -47,13 +50,14 @@ def _block_mask(h: int, w: int) -> np.ndarray:
     return mask
 
 
-def _trajectories(engine, model_dir, photo, lam: float) -> tuple[list, list]:
-    """Our handles (image pixels) and the transcribed authors' (feature pixels), per drag step:
-    LoRA off, fp32, same weights; GoodDrag's defaults but a shorter schedule, smaller radii for
-    the 64×64 feature map, and a diagonal drag so bilinear sampling matters."""
-    gd = GoodDragParams(drag_end_step=3, tracks_per_step=4, drags_per_track=3)
+def _trajectories(
+    engine, model_dir, photo, lam: float, r: tuple[int, int], gd: GoodDragParams
+) -> tuple[list, list]:
+    """Our handles and the transcribed authors', in feature pixels ``(x, y)``, per drag step:
+    LoRA off, fp32, same weights, a 10-step schedule (the tiny model's), a diagonal drag so
+    bilinear sampling matters, an editable block so the mask term has work."""
     params, _ = with_method_defaults(FAST, LoraParams(), GOODDRAG)
-    params = replace(params, r1=3, r2=6, lam=lam, keep_unmasked_pixels=False)
+    params = replace(params, r1=r[0], r2=r[1], lam=lam, keep_unmasked_pixels=False)
     handle, target = (76.0, 120.0), (156.0, 168.0)
     mask = _block_mask(*photo.shape[:2])
     pairs = (PointPair(handle, target),)
@@ -76,28 +80,34 @@ def _trajectories(engine, model_dir, photo, lam: float) -> tuple[list, list]:
         lr=params.latent_lr,
         max_no_change=gd.max_track_no_change,
     )
-    to_image = photo.shape[1] / (WORK // 2)
-    return [it["handles"][0] for it in ours], [[v * to_image for v in h[0]] for h in theirs]
+    to_feature = (WORK // 2) / photo.shape[1]
+    return [[v * to_feature for v in it["handles"][0]] for it in ours], [list(h[0]) for h in theirs]
 
 
-def test_handle_trajectory_matches_the_authors_algorithm(engine, tiny_model_dir, photo) -> None:
-    """Without the mask term every drag step's handle is where the authors' loop puts it (to
-    the pixel, across timesteps and trackings that move it)."""
-    ours, theirs = _trajectories(engine, tiny_model_dir, photo, lam=0.0)
+# GoodDrag's defaults (λ = 0.1 among them); the first case also shortens the schedule and the
+# radii (64×64 feature map) so that trackings move the handle often and the mask term acts over
+# three timesteps. Before GoodDrag took diffusers' float32 DDIM arithmetic (backend/
+# ddim_float32.py) the first case with λ = 0.1 drifted by up to 4 px from step 21 of 33.
+SHORTER = GoodDragParams(drag_end_step=3, tracks_per_step=4, drags_per_track=3)
+TRAJECTORY_CASES = [
+    pytest.param(0.0, (3, 6), SHORTER, id="no-mask-term"),
+    pytest.param(0.1, (3, 6), SHORTER, id="mask-term"),
+    pytest.param(0.1, (4, 12), GoodDragParams(), id="gooddrag-defaults"),
+]
+
+
+@pytest.mark.parametrize(("lam", "r", "gd"), TRAJECTORY_CASES)
+def test_handle_trajectory_matches_the_authors_loop(
+    engine, tiny_model_dir, photo, lam, r, gd
+) -> None:
+    """Every drag step's handle is where the authors' loop puts it (measured: identical at
+    every step of every case), across timesteps and trackings that move it, with and without
+    the mask term: the same number of steps, within 1 feature pixel each (the issue's bound)."""
+    ours, theirs = _trajectories(engine, tiny_model_dir, photo, lam, r, gd)
     assert len(ours) == len(theirs) >= 20
     for step, (a, b) in enumerate(zip(ours, theirs, strict=True), 1):
         assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1, f"step {step}: {a} vs {b}"
     assert len({tuple(a) for a in ours}) > 3  # tracking moved the handle several times
-
-
-def test_handle_trajectory_with_the_mask_term(engine, tiny_model_dir, photo) -> None:
-    """With λ > 0 the first timestep agrees to the pixel; later the L1 mask term's sign at
-    near-zero differences (float rounding decides it, and Adam amplifies it) lets the two drift
-    apart by a few feature pixels (measured: first difference at step 21 of 33)."""
-    ours, theirs = _trajectories(engine, tiny_model_dir, photo, lam=0.1)
-    for step, (a, b) in enumerate(zip(ours[:12], theirs[:12], strict=True), 1):
-        assert max(abs(a[0] - b[0]), abs(a[1] - b[1])) <= 1, f"step {step}: {a} vs {b}"
-    assert len({tuple(a) for a in ours[:12]}) > 2
 
 
 class _Recorder:
@@ -200,19 +210,24 @@ def test_supervision_target_stays_the_original_feature(setup_parts, monkeypatch)
     assert moved_at is not None  # tracking moved the handle, and the target did not follow
 
 
-def test_no_drag_range_is_bit_identical_to_paper_without_drag_steps(tiny_model_dir, photo) -> None:
-    """``drag_end_step = 0``: the same inverted latent, denoised by the same controlled code."""
+def test_no_drag_range_is_paper_without_drag_steps(tiny_model_dir, photo, monkeypatch) -> None:
+    """``drag_end_step = 0``: the same inverted latent, denoised by the same controlled code.
+    GoodDrag's DDIM arithmetic (float32 coefficients, as its authors') is the only difference:
+    with paper mode on the same arithmetic the two are bit-identical."""
     lora = LoraParams(steps=1, batch_size=1, resolution=128)
     paper = _request(
         photo, tiny_model_dir, method=PAPER, lora=lora, params=replace(FAST, drag_steps=0)
     )
     good = replace(paper, method=GOODDRAG, gooddrag=replace(SHORT, drag_end_step=0))
-    a = Engine("cpu", reuse_reference=False).edit(paper)
     b = Engine("cpu", reuse_reference=False).edit(good)
-    assert np.array_equal(a.working_image, b.working_image)
-    assert np.array_equal(a.image, b.image)
     assert b.trace.gooddrag is not None and b.trace.gooddrag["blocks"] == []
     assert b.trace.drag_iterations == 0
+    a = Engine("cpu", reuse_reference=False).edit(paper)
+    assert np.abs(a.working_image.astype(int) - b.working_image).max() <= 2  # rounding only
+    monkeypatch.setattr(engine_module, "Schedule", Float32Schedule)
+    c = Engine("cpu", reuse_reference=False).edit(paper)
+    assert np.array_equal(c.working_image, b.working_image)
+    assert np.array_equal(c.image, b.image)
 
 
 def test_all_drag_steps_at_one_timestep_then_the_shared_denoiser(
@@ -221,7 +236,8 @@ def test_all_drag_steps_at_one_timestep_then_the_shared_denoiser(
     """``drag_end_step = 1`` (no alternation): GoodDrag's drag steps all at the inverted
     timestep ``t`` (the paper's), one uncontrolled DDIM step, then exactly the paper's
     reference-controlled denoising from the next timestep, against the original latent's
-    plain step: the engine's output equals that composition bit for bit."""
+    plain step: the engine's output equals that composition bit for bit (all of it on
+    GoodDrag's float32 DDIM arithmetic)."""
     gd = replace(SHORT, drag_end_step=1, tracks_per_step=3)
     req = _request(photo, tiny_model_dir, gooddrag=gd, mask=_block_mask(256, 256))
     fresh = Engine("cpu", reuse_reference=False)
@@ -230,7 +246,7 @@ def test_all_drag_steps_at_one_timestep_then_the_shared_denoiser(
     assert [b["timestep"] for b in trace["gooddrag"]["blocks"]] == [trace["optimized_timestep"]]
     assert all(it["timestep"] == trace["optimized_timestep"] for it in trace["iterations"])
 
-    schedule = Schedule.from_scheduler(fresh.pipe.scheduler, FAST.inference_steps)
+    schedule = Float32Schedule.from_scheduler(fresh.pipe.scheduler, FAST.inference_steps)
     start = schedule.start_index(FAST.inversion_steps)
     text = fresh._text_embeddings("")
     z0 = fresh._encode(photo, "again", (WORK, WORK))
@@ -341,3 +357,25 @@ def test_method_defaults_switch_the_shared_knobs_only() -> None:
     assert (params.working_width, params.drag_steps, lora.steps, lora.seed) == (256, 40, 70, 3)
     back, back_lora = with_method_defaults(params, lora, PAPER)
     assert back == base and back_lora == LoraParams(seed=3)
+
+
+def test_the_two_arithmetics_never_share_an_inverted_latent(tiny_model_dir, photo) -> None:
+    """Paper and GoodDrag invert with different DDIM rounding, so with the same inversion
+    settings neither reuses (nor prepares) the other's latent; a method reuses its own."""
+    paper = _request(photo, tiny_model_dir, method=PAPER, params=replace(FAST, drag_steps=1))
+    one = replace(SHORT, drag_end_step=1, tracks_per_step=1, drags_per_track=1)
+    good = replace(paper, method=GOODDRAG, gooddrag=one)
+    assert preparation_key(paper) != preparation_key(good)
+    assert preparation_key(paper) == preparation_key(replace(paper, gooddrag=one))
+    fresh = Engine("cpu")
+
+    def inversion_detail(request: DragRequest) -> str:
+        events: list = []
+        fresh.edit(request, events.append)
+        return next(
+            e.detail for e in events if isinstance(e, StageStarted) and e.stage == Stage.INVERSION
+        )
+
+    assert "reusing" not in inversion_detail(paper)
+    assert "reusing" not in inversion_detail(good)
+    assert "reusing" in inversion_detail(good)
