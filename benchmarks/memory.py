@@ -81,7 +81,7 @@ class StagePeaks:
     def __init__(self, device: torch.device, baseline_gb: float) -> None:
         self.device, self.baseline = device, baseline_gb
         self.rows: dict[str, dict[str, float]] = {}
-        self._start = 0.0
+        self._start = self._cpu_start = 0.0
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, StageStarted) and event.stage.value in STAGES:
@@ -91,8 +91,12 @@ class StagePeaks:
             else:
                 _reset_peak_rss()
             self._start = time.perf_counter()
+            self._cpu_start = time.process_time()
         elif isinstance(event, StageFinished) and event.stage.value in STAGES:
-            row = {"seconds": round(time.perf_counter() - self._start, 2)}
+            row = {
+                "seconds": round(time.perf_counter() - self._start, 2),
+                "cpu_seconds": round(time.process_time() - self._cpu_start, 2),
+            }
             if self.device.type == "cuda":
                 row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / GIB
             else:
