@@ -652,7 +652,9 @@ class Engine:
         result = imaging.restore_resolution(working, request.image_size)
         mask = request.editable_mask
         if request.params.keep_unmasked_pixels and mask is not None:
-            result = imaging.keep_original_outside(request.image, result, mask)
+            # A resized result is ours to overwrite: no third full-size copy for big photos.
+            owned = result is not working and result.flags.writeable
+            result = imaging.keep_original_outside(request.image, result, mask, in_place=owned)
         return result
 
     def _trace(

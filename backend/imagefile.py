@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from backend import limits
@@ -84,3 +85,28 @@ def open_image(
             if problem:
                 raise ImageRefused(problem)
             yield im
+
+
+STRIP_PIXELS = 1 << 18
+"""Pixels converted or blended at once on full-size images: each float32 temporary of a strip
+is 3 MB, whatever the photo's size."""
+
+
+def strip_rows(height: int, width: int) -> range:
+    """Row starts of strips of at most ``STRIP_PIXELS`` pixels."""
+    return range(0, height, max(1, STRIP_PIXELS // max(1, width)))
+
+
+def pil_to_array(pil: Image.Image) -> np.ndarray:
+    """A writable uint8 array of ``pil`` (RGB or L), filled strip by strip.
+
+    ``np.asarray(pil)`` goes through ``tobytes()``, which for a 48 MP photo briefly holds the
+    pixels twice over on top of Pillow's own copy; here only the array and one strip are added.
+    """
+    w, h = pil.size
+    bands = len(pil.getbands())
+    out = np.empty((h, w, bands) if bands > 1 else (h, w), np.uint8)
+    step = strip_rows(h, w).step
+    for y in range(0, h, step):
+        out[y : y + step] = np.asarray(pil.crop((0, y, w, min(h, y + step))), dtype=np.uint8)
+    return out

@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 
 from backend import limits
 from backend.errors import InvalidRequest
+from backend.imagefile import pil_to_array, strip_rows
 
 
 def working_size(width: int, height: int, working_width: int = 512) -> tuple[int, int]:
@@ -78,48 +79,90 @@ def feature_to_image(
 
 
 def mask_to_latent(mask: np.ndarray, latent_size: tuple[int, int]) -> torch.Tensor:
-    """Editable mask ``H×W`` → ``(1, 1, h, w)`` float at latent size, nearest-neighbour."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.interpolate(m, size=latent_size, mode="nearest")
+    """Editable mask ``H×W`` → ``(1, 1, h, w)`` float at latent size, nearest-neighbour.
+
+    Sampled as bytes, not floats: a 48 MP mask would otherwise cost 192 MB for a 4 kB result
+    (nearest-neighbour picks the same 0/1 values either way).
+    """
+    m = torch.from_numpy(np.asarray(mask, dtype=bool).view(np.uint8))[None, None]
+    return F.interpolate(m, size=latent_size, mode="nearest").float()
 
 
 def restore_resolution(edited: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize the working-resolution result to the user's ``(w, h)``."""
+    """Resize the working-resolution result to the user's ``(w, h)``.
+
+    A resized result is a fresh, writable array the caller owns; same-size input comes back as
+    is (the caller must copy it before writing).
+    """
     if (edited.shape[1], edited.shape[0]) == size:
         return edited
-    return np.asarray(Image.fromarray(edited).resize(size, Image.Resampling.LANCZOS))
+    resized = Image.fromarray(edited).resize(size, Image.Resampling.LANCZOS)
+    return pil_to_array(resized)
+
+
+def _mask_box(m: np.ndarray, margin: int) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)``: the mask's bounding box grown by ``margin``, inside the image."""
+    rows = np.flatnonzero(m.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(m.any(axis=0))
+    h, w = m.shape
+    y0, y1 = max(0, int(rows[0]) - margin), min(h, int(rows[-1]) + 1 + margin)
+    x0, x1 = max(0, int(cols[0]) - margin), min(w, int(cols[-1]) + 1 + margin)
+    return y0, y1, x0, x1
 
 
 def keep_original_outside(
-    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, feather: float = 2.0
+    original: np.ndarray,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    feather: float = 2.0,
+    *,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Original pixels wherever the mask says "keep"; a soft seam just inside the mask.
 
     Outside the editable region the result is the user's pixels exactly; the blend ramps up over
     a few pixels inside it so the seam does not show. Only the mask's bounding box (plus a
-    margin for the filters) is blended, which keeps this quick on large photos.
+    margin for the filters) is blended, in strips of ``imagefile.STRIP_PIXELS``, so a 48 MP
+    photo needs the output, a byte per pixel of the box for the ramp and a few small float
+    strips — not several float copies of the photo. ``in_place=True`` writes the result into
+    ``edited`` (a writable array the caller owns) instead of into a copy of ``original``.
     """
-    m = mask.astype(bool)
-    out = original.copy()
-    ys, xs = np.nonzero(m)
-    if ys.size == 0:
-        return out
+    m = np.asarray(mask, dtype=bool)
     r = max(1, round(feather)) if feather > 0 else 0
     margin = r + int(np.ceil(3 * feather))
-    h, w = m.shape
-    y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)
-    x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)
+    found = _mask_box(m, margin)
+    if found is None:
+        if in_place:
+            edited[...] = original
+            return edited
+        return original.copy()
+    y0, y1, x0, x1 = found
+    out = edited if in_place else original.copy()
+    if in_place:  # the original outside the box
+        out[:y0] = original[:y0]
+        out[y1:] = original[y1:]
+        out[y0:y1, :x0] = original[y0:y1, :x0]
+        out[y0:y1, x1:] = original[y0:y1, x1:]
     box = m[y0:y1, x0:x1]
-    soft = Image.fromarray((box * 255).astype(np.uint8))
+    ramp = box.astype(np.uint8)
+    ramp *= 255
+    soft = Image.fromarray(ramp)
+    del ramp
     if feather > 0:
         # Erode-then-blur keeps the ramp inside the editable region; at the photo's own edges
         # the filters see the mask continue, so no seam appears there.
         soft = soft.filter(ImageFilter.MinFilter(2 * r + 1)).filter(
             ImageFilter.GaussianBlur(feather)
         )
-    alpha = np.asarray(soft, dtype=np.float32)[..., None] / 255.0
-    alpha[~box] = 0.0
-    src = original[y0:y1, x0:x1].astype(np.float32)
-    region = alpha * edited[y0:y1, x0:x1].astype(np.float32) + (1 - alpha) * src
-    out[y0:y1, x0:x1] = np.clip(np.round(region), 0, 255).astype(np.uint8)
+    width = x1 - x0
+    step = strip_rows(y1 - y0, width).step
+    for a in range(0, y1 - y0, step):
+        b = min(y1 - y0, a + step)
+        alpha = np.asarray(soft.crop((0, a, width, b)), dtype=np.float32)[..., None] / 255.0
+        alpha[~box[a:b]] = 0.0
+        src = original[y0 + a : y0 + b, x0:x1].astype(np.float32)
+        region = alpha * edited[y0 + a : y0 + b, x0:x1].astype(np.float32) + (1 - alpha) * src
+        out[y0 + a : y0 + b, x0:x1] = np.clip(np.round(region), 0, 255).astype(np.uint8)
     return out
