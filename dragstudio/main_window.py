@@ -432,6 +432,7 @@ class MainWindow(QMainWindow):
 
     def _set_host(self, host: Any) -> None:
         """Settings → Engine chose another engine: drags and generations go to it."""
+        host.memory = self.memory_combo.plan  # the GPU memory choice goes with every engine
         self.drag_ui.host = host  # its controller and the background preparer follow
         self.generate_ui.host = host
 

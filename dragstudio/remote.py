@@ -90,6 +90,9 @@ class RemoteEngineHost(BusyNotifier):
         a project bundles them as with the local engine."""
         self.lora_provider: Callable[[], Any] | None = None
         """Returns the open project's bundled LoRA (or None); it is uploaded when it fits."""
+        self.memory: str | None = None
+        """The memory plan setting sent with the next edit (None: the server's own), as
+        :attr:`EngineHost.memory` is handed to the local engine."""
         self.status_listener: StatusListener | None = None
         self.status = ("offline", "not connected yet")
         self.loaded_model: str | None = None
@@ -211,7 +214,8 @@ class RemoteEngineHost(BusyNotifier):
             if bundled is not None and not retrain_lora and bundled.mismatch(request) is None:
                 lora_file = bundled.data
             result = await remote_edit(client, request, emit, retrain_lora=retrain_lora,
-                                       lora_file=lora_file, started=started)  # fmt: skip
+                                       lora_file=lora_file, started=started,
+                                       memory=self.memory)  # fmt: skip
             await self._keep_lora(client, result.trace)
             return result
 

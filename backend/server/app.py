@@ -37,6 +37,7 @@ from backend.server.codec import (
 )
 from backend.server.protocol import (
     DEFAULT_PORT,
+    FEATURES,
     FETCH_KINDS,
     INVALID,
     MODEL_NOT_ALLOWED,
@@ -52,6 +53,7 @@ from backend.server.protocol import (
     require_bool,
     require_int,
     require_keys,
+    require_memory_plan,
     require_sha,
     require_str,
     unpack,
@@ -211,6 +213,7 @@ class Server:
             "models": sorted(self.config.models),
             "devices": [w.device for w in self.workers],
             "limits": self.limits.to_json(),
+            "features": list(FEATURES),
         }
 
     async def _send_loop(self, ws: Any, session: Session) -> None:
@@ -299,7 +302,7 @@ class Server:
     def _submit(self, s: Session, h: dict[str, Any]) -> None:
         kind = h["type"]
         if kind == "edit":
-            require_keys(h, "edit", {"type", "id", "request"}, {"retrain_lora", "lora"})
+            require_keys(h, "edit", {"type", "id", "request"}, {"retrain_lora", "lora", "memory"})
             model = h["request"].get("model") if isinstance(h["request"], dict) else None
         else:
             require_keys(h, "generate", {"type", "id", "generation", "model"}, set())
@@ -328,6 +331,7 @@ class Server:
                 request=request,
                 retrain_lora=require_bool(h.get("retrain_lora", False), "edit.retrain_lora"),
                 lora_file=None if lora is None else s.blobs.get("lora", require_sha(lora, "lora")),
+                memory=require_memory_plan(h.get("memory", "auto"), "edit.memory"),
             )
         else:
             generation = generation_from_json(h["generation"], "generation")

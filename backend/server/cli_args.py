@@ -40,4 +40,7 @@ def remote_engine(args: argparse.Namespace) -> Any:
         from backend.server.client import RemoteEngine
     except ImportError:
         raise InvalidRequest('--server needs: pip install "dragstudio[server]"') from None
-    return RemoteEngine(args.server, token, cafile=args.server_ca)
+    engine = RemoteEngine(args.server, token, cafile=args.server_ca)
+    if getattr(args, "memory", None) is not None:
+        engine.use_memory_setting(args.memory)  # the server's engine runs the edit with it
+    return engine

@@ -44,6 +44,7 @@ from backend.server.protocol import (
     ProtocolError,
     pack,
     require_int,
+    require_memory_plan,
     require_obj,
     require_sha,
     require_str,
@@ -149,6 +150,16 @@ class ServerClient:
     @property
     def models(self) -> list[str]:
         return list(self.welcome.get("models", []))
+
+    @property
+    def features(self) -> frozenset[str]:
+        """The optional fields the server accepts (``protocol.FEATURES``; none before them)."""
+        raw = self.welcome.get("features", [])
+        return (
+            frozenset(f for f in raw if isinstance(f, str))
+            if isinstance(raw, list)
+            else frozenset()
+        )
 
     async def connect(self, timeout: float = 15.0) -> dict[str, Any]:
         """Open the connection and shake hands; returns the server's welcome."""
@@ -333,8 +344,12 @@ async def remote_edit(
     retrain_lora: bool = False,
     lora_file: bytes | None = None,
     started: JobStarted | None = None,
+    memory: str | None = None,
 ) -> EditResult:
     """Run ``request`` on the server: upload, submit, relay events, fetch the result by hash.
+
+    ``memory`` is the memory plan setting for the server's engine (None: the server's ``auto``);
+    a server older than the ``memory`` feature is not sent it and runs its own choice.
 
     Failures raise the local engine's error types (Cancelled, InvalidRequest, ModelNotFound) or
     ConnectionLost; the caller's document is never touched by any of it.
@@ -345,6 +360,8 @@ async def remote_edit(
     header: dict[str, Any] = {"type": "edit", "request": request_to_json(request, blobs)}
     if retrain_lora:
         header["retrain_lora"] = True
+    if memory is not None and "memory" in client.features:
+        header["memory"] = require_memory_plan(memory, "memory")
     if lora_file is not None:
         header["lora"] = await client.upload("lora", lora_file)
     try:
@@ -410,6 +427,8 @@ class RemoteEngine:
         self._thread.start()
         self.client = ServerClient(url, token, cafile=cafile)
         self._lora_file: bytes | None = None
+        self.memory: str | None = None
+        """The memory plan setting sent with each edit (None: the server's own)."""
         try:
             self._run(self.client.connect())
         except BaseException:
@@ -418,6 +437,11 @@ class RemoteEngine:
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def use_memory_setting(self, setting: str) -> None:
+        """As :meth:`backend.engine.Engine.use_memory_setting`: the server's engine switches
+        plans for this connection's edits."""
+        self.memory = require_memory_plan(setting, "memory")
 
     def offer_lora(self, data: bytes | None) -> None:
         """A project's bundled LoRA for the next edit (the server files it if it fits)."""
@@ -429,7 +453,9 @@ class RemoteEngine:
         if cancel is not None and cancel.cancelled:
             raise Cancelled()
         lora, self._lora_file = self._lora_file, None
-        result: EditResult = self._run(remote_edit(self.client, request, on_event, lora_file=lora))
+        result: EditResult = self._run(
+            remote_edit(self.client, request, on_event, lora_file=lora, memory=self.memory)
+        )
         return result
 
     def generate(

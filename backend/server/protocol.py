@@ -15,10 +15,19 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from backend.errors import DragStudioError
+from backend.settings import MEMORY_PLANS
 
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change; a client and server of different versions refuse."""
 PATH = "/v1"
+FEATURES: tuple[str, ...] = ("memory",)
+"""Optional fields added to protocol 1 after its first release. Headers are strict (a server
+refuses fields it does not know), so the welcome lists what this server accepts and a client
+sends such a field only to a server that names it; older clients never send them. Compatible
+additions go here; anything else bumps ``PROTOCOL_VERSION``.
+
+``memory``: an ``edit`` may carry ``"memory": "auto"|"high"|"8gb"|"6gb"``, the memory plan the
+server's engine runs it with (``backend/memory.py``; absent: ``auto``)."""
 DEFAULT_PORT = 8765
 MAX_HEADER_BYTES = 1 * 2**20
 """A JSON header or control message (requests carry hashes, never pixels)."""
@@ -186,6 +195,13 @@ def require_float(value: Any, where: str) -> float:
 def require_bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise fail(where, "expected true or false")
+    return value
+
+
+def require_memory_plan(value: Any, where: str) -> str:
+    """One of the memory plan settings, exactly as spelled in ``MEMORY_PLANS``."""
+    if not isinstance(value, str) or value not in MEMORY_PLANS:
+        raise fail(where, f"must be one of {', '.join(MEMORY_PLANS)}")
     return value
 
 

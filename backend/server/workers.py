@@ -42,6 +42,8 @@ class Job:
     retrain_lora: bool = False
     lora_file: bytes | None = None
     """A project's bundled LoRA, adopted into the cache when it fits the request."""
+    memory: str = "auto"
+    """The memory plan setting the client chose (``auto`` when it sent none)."""
     id: int = field(default_factory=lambda: next(_ids))
     token: CancelToken = field(default_factory=CancelToken)
     state: str = "queued"  # queued, running, done, failed, cancelled
@@ -148,6 +150,8 @@ class EngineWorker:
         engine = self.engine
         assert job.request is not None
         request = replace(job.request, model=job.spec)
+        # Each job runs with its own client's plan: the engine is shared by several sessions.
+        engine.use_memory_setting(job.memory)
         if job.retrain_lora or job.lora_file is not None:
             engine.load_model(request.model, request.vae)
             key = engine.lora_key_for(request)
