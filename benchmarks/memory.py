@@ -147,7 +147,7 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     result = engine.edit(request, peaks)
     wall = time.perf_counter() - t1
-    kv = engine._reference_cache[1] if engine._reference_cache else None
+    kv = engine.caches.reference[1] if engine.caches.reference else None
     kv_step = kv.nbytes() / GIB / len({step for _, step in kv.store}) if kv and kv.store else 0.0
     return {
         "plan": args.plan,
@@ -172,8 +172,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
         else 0.0,
         "reference_kv_gb_per_step": kv_step,
         "stages": peaks.rows,
-        "trace_stages": result.trace["stages"],
-        "drag_iterations": result.trace["drag_iterations"],
+        "trace_stages": dict(result.trace.stages),
+        "drag_iterations": result.trace.drag_iterations,
     }
 
 

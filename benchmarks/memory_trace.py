@@ -87,13 +87,18 @@ def cuda_autocast_norms() -> Iterator[None]:
         F.group_norm, F.layer_norm = group, layer  # type: ignore[assignment]
 
 
+CUDA_NORMS = True
+"""False (``--cpu-norms``): keep CPU autocast's bfloat16 norms, to check the trace against a
+CPU measurement (``benchmarks/memory.py``) of the same stages."""
+
+
 def traced(fn: Callable[[], Any], autocast: bool = True) -> tuple[float, float]:
     """(peak GiB, GiB still alive afterwards) of tensors created while ``fn`` runs (with
     ``autocast``: UNet stages, which the engine runs under autocast; the VAE runs without)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     live = LiveBytes()
-    norms = cuda_autocast_norms() if autocast else contextlib.nullcontext()
+    norms = cuda_autocast_norms() if autocast and CUDA_NORMS else contextlib.nullcontext()
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), norms, live:
         kept = fn()
     alive = live.now / GIB
@@ -237,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--working-width", type=int, default=512, help="square working size (512)")
     p.add_argument("--plans", default=",".join(ORDER), help="comma-separated plans")
     p.add_argument("--json", type=Path, help="also write the numbers here")
+    p.add_argument(
+        "--cpu-norms",
+        action="store_true",
+        help="norms in bfloat16 as CPU autocast runs them (to compare with a CPU measurement)",
+    )
     args = p.parse_args(argv)
+    global CUDA_NORMS
+    CUDA_NORMS = not args.cpu_norms
     from speed import build_pipeline
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "size": args.size,
         "working_width": args.working_width,
+        "norms": "cpu (bfloat16)" if args.cpu_norms else "cuda (float32)",
         "weights": weights,
         "plans": rows,
         "seconds": round(time.perf_counter() - t0, 1),
