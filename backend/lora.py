@@ -196,7 +196,7 @@ def lora_key(image: np.ndarray, model_identity: str, prompt: str, params: LoraPa
     """What a trained LoRA depends on: the image pixels, the model, the prompt, the parameters."""
     h = hashlib.sha256()
     h.update(f"{image.shape}|{image.dtype}".encode())
-    h.update(memoryview(np.ascontiguousarray(image)).cast("B"))  # no 2nd copy of a big photo
+    h.update(np.ascontiguousarray(image).data.cast("B"))  # no 2nd copy of a big photo
     h.update(b"\0" + model_identity.encode() + b"\0" + prompt.encode() + b"\0")
     h.update(json.dumps(params_to_dict(params), sort_keys=True).encode())
     return h.hexdigest()

@@ -21,7 +21,7 @@ from backend.request import DragRequest, params_to_dict
 
 def _pixels(h: hashlib._Hash, image: np.ndarray) -> None:
     h.update(f"{image.shape}|{image.dtype}|".encode())
-    h.update(memoryview(np.ascontiguousarray(image)).cast("B"))  # no 2nd copy of a big photo
+    h.update(np.ascontiguousarray(image).data.cast("B"))  # no 2nd copy of a big photo
 
 
 def preparation_key(request: DragRequest) -> str | None:

@@ -87,7 +87,7 @@ class ProjectError(DragStudioError):
 
 def sha256_pixels(image: np.ndarray) -> str:
     h = hashlib.sha256(f"{image.shape}|{image.dtype}".encode())
-    h.update(memoryview(np.ascontiguousarray(image)).cast("B"))  # no 2nd copy of a big photo
+    h.update(np.ascontiguousarray(image).data.cast("B"))  # no 2nd copy of a big photo
     return h.hexdigest()
 
 
