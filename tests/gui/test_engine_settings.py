@@ -46,6 +46,7 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
         host = window.drag_ui.host
         assert isinstance(host, RemoteEngineHost)
         assert window.drag_ui.controller.host is host and window.generate_ui.host is host
+        assert host.memory == window.memory_combo.plan  # the GPU memory choice goes along
         assert "○" in ui.indicator.text()  # not connected until the first job
         outcome = loop.run_until_complete(host.load_model("tiny"))
         assert outcome.ok
@@ -57,4 +58,5 @@ def test_choosing_a_server_tests_the_connection_and_swaps_the_host(
     dialog.local.setChecked(True)
     dialog._accept()
     assert ui.apply() and isinstance(window.drag_ui.host, EngineHost)
+    assert window.drag_ui.host.memory == window.memory_combo.plan
     assert ui.indicator.text() == "Engine: this computer"
