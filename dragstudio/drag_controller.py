@@ -1,5 +1,6 @@
-"""The Qt side of running edits: builds requests from the document, awaits the engine host,
-and re-emits its events as signals the panels and the canvas listen to.
+"""The Qt side of running jobs: builds requests from the document, awaits the engine host,
+and re-emits its events as signals the panels and the canvas listen to. Edits and generations
+both report their progress through these signals (:meth:`DragController.generate`).
 
 It also holds the one pending result (shown over the original until accepted or discarded):
 the document itself is never touched by a running job, which is why cancelling leaves it
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
@@ -219,6 +221,13 @@ class DragController(QObject):
                 continue
             self._report(outcome.failure)
             return None
+
+    async def generate(self, spec: Any, model: str) -> Outcome:
+        """Generate an image from ``spec`` (a ``GenerationSpec``); its stages and steps arrive
+        through the same signals as a drag's. The caller opens the image and says how it ended
+        (a generation is not a pending result: it replaces the document)."""
+        self.events = []
+        return await self.host.run_generate(spec, model, self._on_event)
 
     def _report(self, failure: Failure) -> None:
         if failure.cancelled:

@@ -1,9 +1,10 @@
 """The window's Generate workflow: the panel's dock, Ctrl+G, and running ``Engine.generate``.
 
-The generation runs on the engine thread through the same :class:`EngineHost` as drags (so
-torch never touches the GUI thread, and one job runs at a time); its progress shows in the
-Edit panel's progress rows. The image becomes a new document that keeps the generation, so
-saving writes its latents and the first drag on it needs no LoRA and no inversion.
+The generation runs through the drag's :class:`DragController` on the same engine host (so
+torch never touches the GUI thread, and one job runs at a time); its progress arrives through
+the controller's signals, which the Drag part shows in the Edit panel's progress rows. The
+image becomes a new document that keeps the generation, so saving writes its latents and the
+first drag on it needs no LoRA and no inversion.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from PySide6.QtGui import QUndoStack
 from PySide6.QtWidgets import QFrame, QScrollArea
 
 from backend.document import Document
-from backend.events import GENERATE_STAGES, StageFinished, StageStarted, StepProgress
+from backend.events import GENERATE_STAGES
 from dragstudio.document_switch import DocumentSwitch
+from dragstudio.drag_controller import DragController
 from dragstudio.panels.generate import IDLE_NOTE, GeneratePanel
 from dragstudio.panels.progress import ProgressPanel, format_seconds
-from dragstudio.runner import EngineHost, Outcome
+from dragstudio.runner import Outcome
 from dragstudio.window_services import WindowFrame, WindowServices
 
 
@@ -30,7 +32,7 @@ class GenerateUI:
         self,
         frame: WindowFrame,
         services: WindowServices,
-        host: EngineHost,
+        controller: DragController,
         *,
         document: Document,
         undo_stack: QUndoStack,
@@ -38,11 +40,12 @@ class GenerateUI:
         switch: DocumentSwitch,
         running_changed: Callable[[], None] = lambda: None,
     ) -> None:
-        """``progress``: the Edit panel's rows, shared with drags; ``running_changed``: told
-        when a generation starts or ends (the Drag button waits meanwhile)."""
+        """``controller`` runs the generation (its events reach ``progress``, the Edit
+        panel's rows, through the Drag part); ``running_changed``: told when a generation
+        starts or ends (the Drag button waits meanwhile)."""
         self.frame = frame
         self.services = services
-        self.host = host
+        self.controller = controller
         self.document = document
         self.undo_stack = undo_stack
         self.progress = progress
@@ -71,6 +74,12 @@ class GenerateUI:
         )
         frame.file_menu.insertAction(frame.file_menu.actions()[1], action)
         switch.on_opened(lambda _keep: self.new_document())
+
+    @property
+    def host(self) -> Any:
+        """The engine host the generation runs on: the controller's (it follows Settings →
+        Engine)."""
+        return self.controller.host
 
     def show_panel(self) -> None:
         self.dock.show()
@@ -111,7 +120,7 @@ class GenerateUI:
         self.services.ensure_run_panel_visible()
         panel.status.setText("Generating… (progress in the Edit panel)")
         try:
-            outcome = await self.host.run_generate(spec, model, self._on_event)
+            outcome = await self.controller.generate(spec, model)
         finally:
             self._set_running(False)
         if outcome.failure is not None:
@@ -158,14 +167,6 @@ class GenerateUI:
         self.running = running
         self.panel.set_running(running)
         self.running_changed()
-
-    def _on_event(self, _job: int, event: object) -> None:
-        if isinstance(event, StageStarted):
-            self.progress.stage_started(event)
-        elif isinstance(event, StepProgress):
-            self.progress.step_progress(event)
-        elif isinstance(event, StageFinished):
-            self.progress.stage_finished(event)
 
     def new_document(self) -> None:
         """Another document is open: the last generation's note no longer applies."""

@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
         self.generate_ui = GenerateUI(
             frame,
             self,
-            self.drag_ui.host,
+            self.drag_ui.controller,
             document=self.document,
             undo_stack=self.undo_stack,
             progress=self.drag_ui.progress,
@@ -433,8 +433,8 @@ class MainWindow(QMainWindow):
     def _set_host(self, host: Any) -> None:
         """Settings → Engine chose another engine: drags and generations go to it."""
         host.memory = self.memory_combo.plan  # the GPU memory choice goes with every engine
-        self.drag_ui.host = host  # its controller and the background preparer follow
-        self.generate_ui.host = host
+        # Its controller (which runs generations too) and the background preparer follow.
+        self.drag_ui.host = host
 
     def _other_job(self) -> str:
         """What holds the engine when no drag does, in words for the Drag button's reason."""

@@ -47,12 +47,15 @@ def test_generate_save_reopen_keeps_the_generation(
         real(event)
 
     w.generate_ui.progress.stage_started = spy
+    signalled: list[Stage] = []  # one job controller: a drag's signals carry generations too
+    w.drag_ui.controller.stageStarted.connect(lambda e: signalled.append(e.stage))
     panel.button.click()
     assert ui.task is not None and panel.button.text() == "Cancel"
     assert not w.actions["drag"].isEnabled()  # a drag would cancel the generation
     outcome = loop.run_until_complete(asyncio.wait_for(ui.task, 120))
     assert outcome is not None and outcome.ok, w.failures
     assert Stage.GENERATE in started and panel.button.text() == "Generate"
+    assert Stage.GENERATE in signalled and started == signalled
     assert "done in" in w.drag_ui.progress.note(Stage.GENERATE)
     assert not w.drag_ui.progress.rows[Stage.LORA].bar.isVisibleTo(w)
 
