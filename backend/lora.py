@@ -11,6 +11,7 @@ each step draws fresh latents from the cached posterior, as re-encoding would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from backend.request import DragRequest, LoraParams, params_to_dict
 
 ADAPTER = "dragstudio"
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+SPEED_FIELDS = ("fused_adamw", "mixed_precision", "compile_unet")
+"""LoraParams fields that choose how training runs, not what it learns (all off by default)."""
 
 
 def lora_config(params: LoraParams) -> Any:
@@ -198,8 +201,18 @@ def lora_key(image: np.ndarray, model_identity: str, prompt: str, params: LoraPa
     h.update(f"{image.shape}|{image.dtype}".encode())
     h.update(np.ascontiguousarray(image).data.cast("B"))  # no 2nd copy of a big photo
     h.update(b"\0" + model_identity.encode() + b"\0" + prompt.encode() + b"\0")
-    h.update(json.dumps(params_to_dict(params), sort_keys=True).encode())
+    h.update(json.dumps(key_params(params), sort_keys=True).encode())
     return h.hexdigest()
+
+
+def key_params(params: LoraParams) -> dict[str, Any]:
+    """The parameters a LoRA's key hashes: speed options count only when on (they change
+    the weights slightly), so keys made before those options existed stay valid."""
+    data = params_to_dict(params)
+    for name in SPEED_FIELDS:
+        if not data.get(name):
+            data.pop(name, None)
+    return data
 
 
 def training_image(image: np.ndarray, resolution: int = 512) -> Image.Image:
@@ -250,6 +263,41 @@ class CropEncoder:
         return torch.cat(means), torch.cat(stds)
 
 
+def training_precision(
+    device: torch.device, weight_dtype: torch.dtype, mixed: bool
+) -> tuple[torch.dtype | None, bool]:
+    """How LoRA training runs: ``(autocast dtype or None, whether a gradient scaler is needed)``.
+
+    Half-precision weights always train under autocast to their dtype (float16 on CUDA with a
+    scaler), as the engine's CUDA default has done. ``mixed`` (``LoraParams.mixed_precision``)
+    adds autocast to float32 weights: float16 with a scaler on CUDA and MPS, bfloat16 on the
+    CPU (whose range needs no scaler). The adapter's own weights stay float32 either way.
+    """
+    if weight_dtype in (torch.float16, torch.bfloat16):
+        if device.type == "cuda":
+            return weight_dtype, weight_dtype == torch.float16
+        if (device.type, weight_dtype) == ("cpu", torch.bfloat16):
+            return torch.bfloat16, False
+        return None, False
+    if not mixed:
+        return None, False
+    if device.type in ("cuda", "mps"):
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def lora_optimizer(trainable: list[torch.Tensor], params: LoraParams) -> torch.optim.Optimizer:
+    """AdamW over the adapter: multi-tensor (``foreach``, bit-identical to the per-tensor loop
+    PyTorch picks on the CPU, and faster) or, as an option, the fused kernel."""
+    if params.fused_adamw:
+        return torch.optim.AdamW(
+            trainable, lr=params.learning_rate, weight_decay=params.weight_decay, fused=True
+        )
+    return torch.optim.AdamW(
+        trainable, lr=params.learning_rate, weight_decay=params.weight_decay, foreach=True
+    )
+
+
 def train_lora(
     unet: Any,
     vae: Any,
@@ -268,15 +316,13 @@ def train_lora(
     ``micro_batch`` > 0 runs each batch in slices of that many rows and adds their gradients
     (each slice's loss weighted by its share of the batch): the same step, in less memory.
     """
-    from backend.memory import half_autocast, micro_batches
+    from backend.memory import micro_batches
 
     attach_fresh_adapter(unet, params)
     trainable = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in trainable:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(
-        trainable, lr=params.learning_rate, weight_decay=params.weight_decay
-    )
+    optimizer = lora_optimizer(trainable, params)
     gen = torch.Generator().manual_seed(params.seed)
     encoder = CropEncoder(
         vae, training_image(image, params.resolution), device, vae.dtype, params.resolution
@@ -284,8 +330,9 @@ def train_lora(
     max_x, max_y = encoder.max_offset
     scaling = float(vae.config.scaling_factor)
     train_steps = int(schedule.alphas_cumprod.shape[0])
-    use_amp = device.type == "cuda" and unet.dtype == torch.float16
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    amp_dtype, needs_scaler = training_precision(device, unet.dtype, params.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    model = compiled(unet) if params.compile_unet else unet
     slices = micro_batches(params.batch_size, micro_batch)
     embeddings = text_embeddings.expand(params.batch_size, -1, -1)
     unet.train()
@@ -310,8 +357,8 @@ def train_lora(
             optimizer.zero_grad(set_to_none=True)
             loss = torch.zeros((), device=device)
             for lo, hi in slices:
-                with half_autocast(device, unet.dtype):
-                    pred = unet(
+                with autocast(device, amp_dtype):
+                    pred = model(
                         noisy[lo:hi].to(unet.dtype),
                         t[lo:hi].to(device),
                         encoder_hidden_states=embeddings[lo:hi],
@@ -338,6 +385,22 @@ def train_lora(
         for p in trainable:
             p.requires_grad_(False)
     return adapter_state(unet)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compiled(unet: Any) -> Any:
+    """``torch.compile`` of the UNet for training (its code cache is kept by PyTorch, so a
+    later training run on the same model reuses the compiled graphs)."""
+    try:
+        return torch.compile(unet)
+    except Exception as exc:  # e.g. an unsupported Python or platform
+        raise DragStudioError(f"torch.compile is not available here: {exc}") from exc
 
 
 def install_bundled(

@@ -15,9 +15,11 @@ A plan is a set of techniques, each of which can be switched on alone:
   re-drags (about 24 MB per denoising step at 512²); off, re-drags denoise both rows again.
 
 Attention is PyTorch's scaled-dot-product attention in every plan (:func:`ensure_sdpa`). Half
-precision weights with float32 LoRA parameters are the engine's default on CUDA in every plan;
-on the CPU, bfloat16 is available through the engine's ``dtype`` (the benchmark uses it to mirror
-fp16 sizes).
+precision weights with float32 LoRA parameters are the engine's default on CUDA in every plan
+(LoRA training then runs under float16 autocast with a gradient scaler); on the CPU, bfloat16 is
+available through the engine's ``dtype`` (the benchmark uses it to mirror fp16 sizes). With
+float32 weights, ``LoraParams.mixed_precision`` trains under autocast alone
+(:func:`backend.lora.training_precision`).
 
 ``tolerance_px`` and ``tolerance_pixels`` are what a plan may change compared with ``high`` on
 the tiny model (tests/test_memory.py checks them): the largest change of a handle's final distance

@@ -143,6 +143,30 @@ class LoraParams:
         MAX_SEED,
         flag="seed",
     )
+    # Training speed options (docs/benchmarks.md, "Issue 14"): off by default because each
+    # changes the trained weights slightly; backend.lora.SPEED_FIELDS lists them.
+    fused_adamw: bool = knob(
+        False,
+        "Fused AdamW",
+        "Update the LoRA with PyTorch's fused AdamW kernel: a faster optimiser step that "
+        "rounds differently (weights differ by about 1e-8).",
+        flag="lora-fused-adamw",
+    )
+    mixed_precision: bool = knob(
+        False,
+        "Mixed-precision LoRA",
+        "Train the LoRA under autocast: float16 with a gradient scaler on CUDA and Apple "
+        "GPUs, bfloat16 on the CPU; the adapter's weights stay float32. Faster on GPUs, "
+        "changes the trained weights by a few percent.",
+        flag="lora-mixed-precision",
+    )
+    compile_unet: bool = knob(
+        False,
+        "Compile the UNet for LoRA",
+        "Train the LoRA through torch.compile: a long one-off compile (minutes on a CPU), "
+        "then faster steps where a compiler is available; float rounding differs slightly.",
+        flag="lora-compile",
+    )
 
     def validate(self) -> None:
         """Raise :class:`InvalidRequest` naming the first field out of its declared range."""
