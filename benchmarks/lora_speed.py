@@ -158,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             for v in variants:
                 res = run(pipe, emb, schedule, params, v, n)
                 results.setdefault((v.name, n), []).append(res)
+                ref = next(iter(results.values()))[0]
+                d_state = max_diff(res["state"], ref["state"])
+                d_out = float((res["output"] - ref["output"]).abs().max())
                 print(f"# round {r + 1} {v.name} threads={n}: wall {res['wall']} cpu "
-                      f"{res['cpu']} first {res['first_wall']:.1f} s load {res['load']:.1f}",
+                      f"{res['cpu']} first {res['first_wall']:.1f} s load {res['load']:.1f} "
+                      f"dLoRA {d_state:.2e} dOut {d_out:.2e}",
                       file=sys.stderr, flush=True)  # fmt: skip
     ref_name, ref_threads = variants[0].name, threads[0]
     ref = results[(ref_name, ref_threads)][0]
