@@ -149,7 +149,7 @@ class LoraParams:
         False,
         "Fused AdamW",
         "Update the LoRA with PyTorch's fused AdamW kernel: a faster optimiser step that "
-        "rounds differently (weights differ by about 1e-8).",
+        "rounds differently (weights differ by about 1e-7).",
         flag="lora-fused-adamw",
     )
     mixed_precision: bool = knob(
