@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend.document import Document
+from backend.limits import MAX_PAIRS
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -75,6 +76,11 @@ def drag_blocker(
         return "Click a handle point, then its target, to place a pair."
     if not complete:
         return "Click where the handle should go, to finish the pair."
+    if len(complete) > MAX_PAIRS:
+        return (
+            f"Too many point pairs ({len(complete)}); {MAX_PAIRS} at most: "
+            "right-click a point to delete its pair, or Undo."
+        )
     problem = local_model_problem(model or document.model)
     if problem:
         return f"Cannot drag: {problem}. Choose a model folder or checkpoint below."
