@@ -19,14 +19,18 @@ import torch.nn.functional as F
 class ReferenceKV:
     """Keys and values of the reference rows, per layer and denoising step.
 
-    The reference rows' trajectory does not depend on the edit, so a second drag of the same
-    photo (same latent, LoRA, prompt and schedule) can replay them and denoise only the edited
-    rows — half the UNet work — with the same result up to float rounding.
+    The reference rows' trajectory does not depend on the edit, so it can be recorded once —
+    alone (``alone``: the batch holds only the reference rows), before any points exist, or
+    from the first half of a ``[reference, edited]`` batch — and replayed (``replay``) while
+    only the edited rows are denoised. Recording alone and replaying is the engine's route
+    whenever it keeps the recording, so first edits, re-drags and prepared edits run the same
+    arithmetic (a batch of one and a batch of two differ in float rounding).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, alone: bool = False) -> None:
         self.step = 0
         self.replay = False
+        self.alone = alone
         self.store: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def nbytes(self) -> int:
@@ -39,7 +43,8 @@ class ReferenceAttnProcessor:
     Row ``i`` of the second half uses the keys and values of row ``i`` of the first half; the
     first half attends to itself, so reference rows are computed exactly as without control.
     With a :class:`ReferenceKV` it records those keys and values, or (``replay``) takes them
-    from it while the batch holds only the edited rows.
+    from it while the batch holds only the edited rows; while it records ``alone`` the batch
+    holds only reference rows, which attend to themselves.
     """
 
     def __init__(self, name: str = "", kv: ReferenceKV | None = None) -> None:
@@ -76,6 +81,9 @@ class ReferenceAttnProcessor:
             if ref_key.shape[0] != batch:
                 raise RuntimeError("replayed reference does not match the edited rows")
             key, value = ref_key, ref_value
+        elif self.kv is not None and self.kv.alone:
+            key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
+            self.kv.store[slot] = (key, value)  # type: ignore[index]
         else:
             if batch % 2:
                 raise RuntimeError("reference-latent-control needs [reference, edited] batches")

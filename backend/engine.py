@@ -72,6 +72,7 @@ from backend.models import (
     resolve_source,
     resolve_vae_source,
 )
+from backend.preparation import RECORDING_REFERENCE
 from backend.project import BundledLora, sha256_pixels
 from backend.request import DragRequest, LoraParams
 from backend.result import EditResult, Iteration, LoraOutcome, Trace
@@ -436,7 +437,35 @@ class Engine:
             run.token.check()
         plan = self._plan(request)
         start = self._start_latent(run, plan)
-        return {"prepared": True, "lora": start.lora, "stages": run.stages}
+        reference = self._prepare_reference(run, plan, start)
+        return {"prepared": True, "lora": start.lora, "reference": reference, "stages": run.stages}
+
+    def _prepare_reference(self, run: _Run, plan: _Plan, start: _Start) -> bool:
+        """Record the reference rows' keys/values as the Drag's denoising would (paper mode;
+        GoodDrag's reference starts after its drag phase). Reported as a second part of the
+        inversion stage, timed as ``reference``. Whether a recording is ready for the Drag."""
+        blocks = run.request.params.ref_control_blocks
+        if run.request.method == GOODDRAG or not self._keeps_reference(blocks):
+            return False
+        key = self._reference_kv_key(start, blocks)
+        if not self._records_reference(blocks, key):
+            return True
+        steps = len(plan.schedule.timesteps) - plan.start
+        with self._stage(
+            Stage.INVERSION, steps, run.emit, run.stages, RECORDING_REFERENCE, timed="reference"
+        ):
+            kv = self._record_reference(
+                start.latent,
+                plan.text,
+                plan.guidance,
+                plan.schedule,
+                plan.start,
+                blocks,
+                lambda i: run.emit(StepProgress(Stage.INVERSION, i, steps)),
+                run.token,
+            )
+        self.caches.put("reference", key, kv)  # complete recordings only
+        return True
 
     def _plan(self, request: DragRequest) -> _Plan:
         """Step 2: sizes, schedule, the optimised timestep and the text conditioning."""
@@ -626,10 +655,13 @@ class Engine:
         denoise_steps = len(plan.schedule.timesteps) - begin
         generated = run.request.generation is not None
         adapters = _adapters_disabled(unet) if generated else contextlib.nullcontext()
-        key = (*start.reference_key, tuple(params.ref_control_blocks))
+        key = self._reference_kv_key(start, params.ref_control_blocks)
         if begin != plan.start:  # another reference latent: another cache entry
             key = (*key, "from", begin)
-        with adapters, self._stage(Stage.DENOISE, denoise_steps, run.emit, run.stages):
+        total, detail = denoise_steps, ""
+        if self._records_reference(params.ref_control_blocks, key):
+            total, detail = 2 * denoise_steps, "the reference rows, then the edit"
+        with adapters, self._stage(Stage.DENOISE, total, run.emit, run.stages, detail):
             edited = self._denoise(
                 start.latent if reference is None else reference,
                 edited,
@@ -719,14 +751,23 @@ class Engine:
 
     @contextlib.contextmanager
     def _stage(
-        self, stage: Stage, total: int, emit: EventSink, stages: dict[str, float], detail: str = ""
+        self,
+        stage: Stage,
+        total: int,
+        emit: EventSink,
+        stages: dict[str, float],
+        detail: str = "",
+        *,
+        timed: str | None = None,
     ) -> Iterator[None]:
+        """Report ``stage`` around the body; its seconds go to ``stages[timed or stage]``."""
         emit(StageStarted(stage, total, detail))
         start = time.perf_counter()
         yield
         self._sync()
-        stages[stage.value] = time.perf_counter() - start
-        emit(StageFinished(stage, stages[stage.value]))
+        name = timed or stage.value
+        stages[name] = time.perf_counter() - start
+        emit(StageFinished(stage, stages[name]))
 
     def _require_model(self) -> None:
         if self.pipe is None:
@@ -869,6 +910,76 @@ class Engine:
             emit(StepProgress(Stage.INVERSION, i + 1, steps))
         return z
 
+    def _keeps_reference(self, blocks: tuple[int, ...]) -> bool:
+        """Whether the reference rows' keys/values are recorded and kept (the memory plan and
+        ``reuse_reference`` allow it, and there is reference control to replay)."""
+        return bool(blocks) and self.reuse_reference and self.plan.keep_reference_kv
+
+    def _records_reference(self, blocks: tuple[int, ...], key: tuple[Any, ...]) -> bool:
+        """Whether denoising under ``key`` must record the reference rows first."""
+        return self._keeps_reference(blocks) and self.caches.get("reference", key) is None
+
+    @staticmethod
+    def _reference_kv_key(start: _Start, blocks: tuple[int, ...]) -> tuple[Any, ...]:
+        """What the reference rows' keys/values depend on: the latent's inputs and the blocks."""
+        return (*start.reference_key, tuple(blocks))
+
+    @torch.no_grad()
+    def _denoise_rows(
+        self,
+        z: torch.Tensor,
+        text: torch.Tensor,
+        guidance: float,
+        schedule: Schedule,
+        start: int,
+        kv: ReferenceKV | None,
+        on_step: Callable[[int], None],
+        token: CancelToken,
+    ) -> torch.Tensor:
+        """DDIM from ``start`` to the end for the rows ``z`` (text already one per row; with
+        guidance an (uncond, cond) pair per row); ``kv.step`` follows the loop."""
+        unet = self.pipe.unet
+        cfg = guidance > 1.0
+        for i, t in enumerate(schedule.timesteps[start:]):
+            token.check()
+            if kv is not None:
+                kv.step = i
+            batch = z.repeat_interleave(2, dim=0) if cfg else z
+            with self._autocast():
+                out = unet(batch.to(unet.dtype), t, encoder_hidden_states=text, return_dict=False)[
+                    0
+                ]
+            out = out.float()
+            if cfg:
+                # Rows come in (uncond, cond) pairs per latent: guide each pair.
+                pairs = out.view(-1, 2, *out.shape[1:])
+                out = pairs[:, 0] + guidance * (pairs[:, 1] - pairs[:, 0])
+            z = schedule.step(out, t, z)
+            on_step(i + 1)
+        return z
+
+    def _record_reference(
+        self,
+        reference: torch.Tensor,
+        text: torch.Tensor,
+        guidance: float,
+        schedule: Schedule,
+        start: int,
+        blocks: tuple[int, ...],
+        on_step: Callable[[int], None],
+        token: CancelToken,
+    ) -> ReferenceKV:
+        """Denoise the reference rows alone under control, recording their keys and values at
+        every step of the controlled layers. Points and mask play no part: background
+        preparation runs it, and so does the first edit that finds no recording."""
+        kv = ReferenceKV(alone=True)
+        with reference_control(self.pipe.unet, blocks, kv):
+            self._denoise_rows(
+                reference.float(), text, guidance, schedule, start, kv, on_step, token
+            )
+        kv.alone = False
+        return kv
+
     @torch.no_grad()
     def _denoise(
         self,
@@ -885,42 +996,56 @@ class Engine:
     ) -> torch.Tensor:
         """Denoise the edited latent beside its reference; return the edited clean latent.
 
-        The batch is ``[reference, edited]`` (with guidance ``[ref·uncond, ref·cond,
-        edit·uncond, edit·cond]``) and the edited rows attend to their reference rows. When the
-        same reference was denoised before, its recorded keys and values are replayed and only
-        the edited rows run.
+        Where the recording is kept (see :meth:`_keeps_reference`), the reference rows'
+        keys and values come from the recording under ``reference_key`` — made now, alone,
+        if there is none (progress then counts both passes) — and only the edited rows run.
+        Otherwise the batch is ``[reference, edited]`` (with guidance ``[ref·uncond, ref·cond,
+        edit·uncond, edit·cond]``) and the edited rows attend to their reference rows.
         """
         unet = self.pipe.unet
-        cfg = guidance > 1.0
-        kv: ReferenceKV | None = None
-        replay = False
-        if blocks and self.reuse_reference and self.plan.keep_reference_kv:
-            recorded: ReferenceKV | None = self.caches.get("reference", reference_key)
-            replay = recorded is not None
-            kv = recorded if recorded is not None else ReferenceKV()
-            kv.replay = replay
-        z = edited.float() if replay else torch.cat([reference.float(), edited.float()])
-        emb = text if replay else text.repeat(2, 1, 1)
-        timesteps = schedule.timesteps[start:]
-        control = reference_control(unet, blocks, kv) if blocks else contextlib.nullcontext()
+        steps = len(schedule.timesteps) - start
+        if self._keeps_reference(blocks):
+            kv: ReferenceKV | None = self.caches.get("reference", reference_key)
+            done = 0
+            if kv is None:
+                kv = self._record_reference(
+                    reference,
+                    text,
+                    guidance,
+                    schedule,
+                    start,
+                    blocks,
+                    lambda i: emit(StepProgress(Stage.DENOISE, i, 2 * steps)),
+                    token,
+                )
+                self.caches.put("reference", reference_key, kv)  # complete recordings only
+                done = steps
+            kv.replay = True
+            with reference_control(unet, blocks, kv):
+                z = self._denoise_rows(
+                    edited.float(),
+                    text,
+                    guidance,
+                    schedule,
+                    start,
+                    kv,
+                    lambda i: emit(StepProgress(Stage.DENOISE, done + i, done + steps)),
+                    token,
+                )
+            return z[-1:]
+        z = torch.cat([reference.float(), edited.float()])
+        control = reference_control(unet, blocks) if blocks else contextlib.nullcontext()
         with control:
-            for i, t in enumerate(timesteps):
-                token.check()
-                if kv is not None:
-                    kv.step = i
-                batch = z.repeat_interleave(2, dim=0) if cfg else z
-                with self._autocast():
-                    out = unet(
-                        batch.to(unet.dtype), t, encoder_hidden_states=emb, return_dict=False
-                    )[0].float()
-                if cfg:
-                    # Rows come in (uncond, cond) pairs per latent: guide each pair.
-                    pairs = out.view(-1, 2, *out.shape[1:])
-                    out = pairs[:, 0] + guidance * (pairs[:, 1] - pairs[:, 0])
-                z = schedule.step(out, t, z)
-                emit(StepProgress(Stage.DENOISE, i + 1, len(timesteps)))
-        if kv is not None and not replay:
-            self.caches.put("reference", reference_key, kv)  # only complete recordings are kept
+            z = self._denoise_rows(
+                z,
+                text.repeat(2, 1, 1),
+                guidance,
+                schedule,
+                start,
+                None,
+                lambda i: emit(StepProgress(Stage.DENOISE, i, steps)),
+                token,
+            )
         return z[-1:]
 
     def _conditioning(self, prompt: str, negative: str, guidance: float) -> torch.Tensor:

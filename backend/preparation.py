@@ -3,9 +3,10 @@
 The identity LoRA and the DDIM inversion depend on the photo, the prompt, the model (and VAE,
 which encodes what both learn from) and the LoRA/inversion settings, never on the points or the
 mask; GoodDrag inverts with its own DDIM arithmetic (``backend/ddim_float32.py``), so its key
-also names the method. Two requests with the same key share one preparation; a new key
-supersedes a running one. Torch-free: the GUI computes it on its thread to decide whether a
-preparation is still current.
+also names the method. The reference rows' attention keys/values (paper mode) depend on the same
+inputs and the reference-control blocks. Two requests with the same key share one preparation;
+a new key supersedes a running one. Torch-free: the GUI computes it on its thread to decide
+whether a preparation is still current.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import numpy as np
 
 from backend.methods import PAPER
 from backend.request import DragRequest, params_to_dict
+
+RECORDING_REFERENCE = "recording the reference rows for denoising"
+"""The detail of the inversion stage's second part in a preparation: the reference rows'
+attention keys/values are recorded so the Drag denoises only the edited row."""
 
 
 def _pixels(h: hashlib._Hash, image: np.ndarray) -> None:
@@ -43,6 +48,7 @@ def preparation_key(request: DragRequest) -> str | None:
         "inference_steps": p.inference_steps,
         "inversion_strength": p.inversion_strength,
         "working_width": p.working_width,
+        "ref_control_blocks": list(p.ref_control_blocks),
     }
     if request.method != PAPER:
         inputs["method"] = request.method  # GoodDrag inverts with its own arithmetic

@@ -1,10 +1,11 @@
 """Prepare the open photo in the background so a Drag starts at optimisation.
 
 When a photo opens, or its prompt, model or LoRA/inversion settings change, a debounce timer
-starts; when it fires and the engine is idle, :meth:`EngineHost.prepare` trains the LoRA and
-inverts the photo on the engine thread. Photos only glanced at never get that far. Switching or
-closing the photo cancels the preparation (the engine stops within one step); a Drag of the
-same inputs waits for it instead of starting over. The status bar shows it quietly.
+starts; when it fires and the engine is idle, :meth:`EngineHost.prepare` trains the LoRA,
+inverts the photo and records the reference rows' attention on the engine thread. Photos only
+glanced at never get that far. Switching or closing the photo cancels the preparation (the
+engine stops within one step); a Drag of the same inputs waits for it instead of starting over.
+The status bar shows it quietly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from backend.document import Change, Document, Notice
 from backend.errors import InvalidRequest
 from backend.events import Event, Stage, StageStarted, StepProgress
-from backend.preparation import preparation_key
+from backend.preparation import RECORDING_REFERENCE, preparation_key
 from backend.request import DragRequest
 from dragstudio.drag_readiness import hub_model_cached, looks_like_hub_id
 from dragstudio.runner import EngineHost, Outcome
@@ -54,6 +55,8 @@ class Preparer(QObject):
         self.enabled = enabled
         self.task: asyncio.Future[Outcome] | None = None
         self.done_key: str | None = None
+        self._part = ""
+        """What the preparation does now, for the status line."""
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(delay_ms)
@@ -138,10 +141,11 @@ class Preparer(QObject):
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, StageStarted) and event.stage in STAGE_NAMES:
-            self.statusChanged.emit(f"Preparing · {STAGE_NAMES[event.stage]}")
+            reference = event.detail == RECORDING_REFERENCE  # the inversion stage's second part
+            self._part = "reference" if reference else STAGE_NAMES[event.stage]
+            self.statusChanged.emit(f"Preparing · {self._part}")
         elif isinstance(event, StepProgress) and event.stage in STAGE_NAMES:
-            name = STAGE_NAMES[event.stage]
-            self.statusChanged.emit(f"Preparing · {name} {event.step}/{event.total}")
+            self.statusChanged.emit(f"Preparing · {self._part} {event.step}/{event.total}")
 
     def _on_document(self, notice: Notice) -> None:
         if notice.change == Change.IMAGE:

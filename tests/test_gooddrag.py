@@ -306,7 +306,8 @@ def test_progress_tracking_previews_and_trace(engine, tiny_model_dir, photo) -> 
     trace = result.trace.to_dict()
     denoise = [e for e in events if isinstance(e, StepProgress) and e.stage == Stage.DENOISE]
     end = trace["gooddrag"]["controlled_from_index"]
-    assert len(denoise) == FAST.inversion_steps - end  # the plain steps happened in the drag stage
+    # The plain steps happened in the drag stage; the reference rows are recorded, then the edit.
+    assert len(denoise) == 2 * (FAST.inversion_steps - end)
     assert trace["method"] == GOODDRAG and trace["gooddrag"]["params"]["drag_end_step"] == 3
     assert [it["handles"] for it in trace["iterations"]] == [
         list(map(list, e.handles)) for e in steps

@@ -74,6 +74,7 @@ def test_drag_after_preparation_skips_lora_and_inversion(
     done = loop.run_until_complete(asyncio.wait_for(preparer.task, 240))
     assert done.ok, done.failure
     assert "Preparing · LoRA 3/3" in statuses and any("inversion" in s for s in statuses)
+    assert any(s.startswith("Preparing · reference 1/") for s in statuses)
     assert w.drag_ui.preparing_label.text() == "Ready to drag"
     assert not w.drag_ui.controller.busy  # preparing is not a running job: the window stays free
 
@@ -89,6 +90,9 @@ def test_drag_after_preparation_skips_lora_and_inversion(
     assert started[Stage.INVERSION] == "reusing the inverted latent"
     steps = {e.stage for e in events if isinstance(e, StepProgress)}
     assert Stage.LORA not in steps and Stage.INVERSION not in steps
+    # The reference rows were recorded by the preparation: only the edited row is denoised.
+    denoise = next(e for e in events if isinstance(e, StageStarted) and e.stage == Stage.DENOISE)
+    assert denoise.detail == "" and denoise.total == w.document.params.inversion_steps
     assert outcome.value.trace.lora.source == "memory"
     assert w.failures == []
 
