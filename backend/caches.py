@@ -65,6 +65,9 @@ class EngineCaches:
         """Store a complete value (callers put only after the work finished)."""
         self._keyed[name] = (key, value)
 
+    def drop(self, name: Keyed) -> None:
+        self._keyed[name] = None
+
     @property
     def reference(self) -> tuple[Key, ReferenceKV] | None:
         return self._keyed["reference"]

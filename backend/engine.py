@@ -274,6 +274,8 @@ class Engine:
     def set_memory_plan(self, plan: MemoryPlan) -> None:
         """Switch plans; the loaded model is reconfigured in place (results stay in tolerance)."""
         self.plan = plan
+        if not plan.keep_reference_kv:
+            self.caches.drop("reference")  # this plan keeps no recording on the device
         if self.pipe is not None:
             apply_plan(self.pipe, plan, self.device)
 

@@ -160,7 +160,7 @@ def measure(
     }
     if pressed and not option.redrag:
         # The state background preparation leaves: the LoRA just trained (reinstalled, not
-        # retrained: same weights) and a fresh inversion, no reference keys/values.
+        # retrained: same weights), a fresh inversion and the reference rows' keys/values.
         trained = engine.current_lora
         engine.forget_lora()
         if trained is not None:

@@ -251,3 +251,17 @@ def test_the_key_follows_what_lora_and_inversion_depend_on(photo) -> None:
         replace(req, method=GOODDRAG),
     ]
     assert len({preparation_key(r) for r in changed} | {key}) == len(changed) + 1
+
+
+def test_switching_to_a_plan_that_keeps_no_reference_drops_the_recording(
+    tiny_model_dir, photo
+) -> None:
+    from backend.memory import PLANS
+
+    eng = Engine("cpu")
+    eng.prepare(_request(photo, tiny_model_dir))
+    assert eng.caches.reference is not None
+    eng.set_memory_plan(PLANS["8gb"])
+    assert eng.caches.reference is not None
+    eng.set_memory_plan(PLANS["6gb"])
+    assert eng.caches.reference is None
