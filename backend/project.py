@@ -282,23 +282,12 @@ def _generation_json(g: Generation) -> dict[str, Any]:
 
 
 def latents_bytes(trajectory: np.ndarray) -> bytes:
-    """The trajectory as a safetensors file: one little-endian float32 tensor "trajectory".
+    """The trajectory as a safetensors file: one little-endian float32 tensor "trajectory"
+    (``safetensors.numpy``: torch-free, the same bytes earlier versions wrote by hand)."""
+    from safetensors.numpy import save
 
-    Written by hand (the format is a length, a JSON header and the raw bytes) so that saving and
-    reading stay free of torch and of any loader that would trust the header.
-    """
-    data = np.ascontiguousarray(trajectory, dtype="<f4").tobytes()
-    header = {
-        "__metadata__": {"format": "dragstudio-generation"},
-        "trajectory": {
-            "dtype": "F32",
-            "shape": list(trajectory.shape),
-            "data_offsets": [0, len(data)],
-        },
-    }
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the spec pads the header so the data is 8-byte aligned
-    return struct.pack("<Q", len(raw)) + raw + data
+    tensor = np.ascontiguousarray(trajectory, dtype="<f4")
+    return save({"trajectory": tensor}, metadata={"format": "dragstudio-generation"})
 
 
 def manifest_text(project: Project) -> str:
@@ -527,22 +516,28 @@ def _parse_json(data: bytes, where: str) -> Any:
     return value
 
 
-def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
-    """Validate a safetensors file by its header alone: sizes, offsets, and our metadata."""
-    where = LORA
+def _safetensors_header(data: bytes, where: str, most: int) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header and its length, read before anything is allocated:
+    the declared header size must fit the file and ``most`` bytes."""
     if len(data) < 8:
         raise _fail(where, "truncated")
     (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, 100 * 2**20):
+    if n > min(len(data) - 8, most):
         raise _fail(where, "the header is larger than the file")
-    header = _obj(_parse_json(data[8 : 8 + n], where), where)
+    return _obj(_parse_json(data[8 : 8 + n], where), where), n
+
+
+def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
+    """Validate a LoRA's safetensors file by its header alone: sizes, offsets, our metadata
+    (its tensors are checked against the model, with torch, when an edit first needs them)."""
+    where = LORA
+    header, n = _safetensors_header(data, where, 100 * 2**20)
     body = len(data) - 8 - n
     meta = _obj(header.get("__metadata__", {}), f"{where} metadata")
     if meta.get("format") != "dragstudio-lora":
         raise _fail(where, "not a DragStudio LoRA")
     if meta.get("key") != key:
         raise _fail(where, "its key does not match the manifest")
-    end = 0
     for name, spec in header.items():
         if name == "__metadata__":
             continue
@@ -552,7 +547,6 @@ def _check_safetensors(data: bytes, key: str) -> dict[str, Any]:
             raise _fail(where, f"tensor {name[:60]} has bad offsets")
         if not 0 <= offsets[0] <= offsets[1] <= body:
             raise _fail(where, f"tensor {name[:60]} lies outside the file")
-        end = max(end, offsets[1])
     if len(header) <= 1:
         raise _fail(where, "holds no tensors")
     return header
@@ -771,14 +765,16 @@ def _lora(raw: Any, archive: Archive) -> BundledLora | None:
 
 
 def _latents(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """The kept trajectory from its safetensors bytes: exactly one F32 tensor of ``shape``."""
+    """The kept trajectory from its safetensors bytes: exactly one F32 tensor of ``shape``.
+
+    The header is checked against ``shape`` (and the data's size against the header) before
+    ``safetensors.numpy`` allocates anything.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
     where = LATENTS
-    if len(data) < 8:
-        raise _fail(where, "truncated")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(len(data) - 8, 1 * 2**20):
-        raise _fail(where, "the header is larger than the file")
-    header = _obj(_parse_json(data[8 : 8 + n], where), where)
+    header, n = _safetensors_header(data, where, 1 * 2**20)
     names = [k for k in header if k != "__metadata__"]
     if names != ["trajectory"]:
         raise _fail(where, f"expected one tensor named 'trajectory', found {names[:4]!r}")
@@ -793,8 +789,11 @@ def _latents(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     size = 4 * math.prod(shape)
     if spec.get("data_offsets") != [0, size] or len(data) - 8 - n != size:
         raise _fail(where, "the tensor's data does not match its header")
-    out = np.frombuffer(data, dtype="<f4", count=math.prod(shape), offset=8 + n)
-    out = out.reshape(shape).astype(np.float32)
+    try:
+        out = load(data)["trajectory"]
+    except SafetensorError as exc:
+        raise _fail(where, f"not a valid safetensors file ({str(exc)[:120]})") from None
+    out = out.astype(np.float32, copy=False).reshape(shape)
     if not np.isfinite(out).all():
         raise _fail(where, "the trajectory contains NaN or infinity")
     return out

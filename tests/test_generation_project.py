@@ -178,6 +178,33 @@ def test_reader_rejects_bad_latents(tmp_path: Path, case: str) -> None:
         read_project(path)
 
 
+def _hand_rolled_latents(trajectory: np.ndarray) -> bytes:
+    """The writer of DragStudio 0.1 before ``safetensors.numpy``: a length, JSON, padding, data."""
+    data = np.ascontiguousarray(trajectory, dtype="<f4").tobytes()
+    header = {"__metadata__": {"format": "dragstudio-generation"},
+              "trajectory": {"dtype": "F32", "shape": list(trajectory.shape),
+                             "data_offsets": [0, len(data)]}}  # fmt: skip
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize("steps", [2, 3, 50])
+def test_latents_written_by_the_old_hand_rolled_writer_still_open(
+    tmp_path: Path, steps: int
+) -> None:
+    g = _generation(steps=steps)
+    image = np.random.default_rng(1).integers(0, 256, (g.height, g.width, 3), np.uint8)
+    save_project(project_from_generation(image, g, "tiny"), tmp_path / "new.dragstudio")
+    members = {n: zipfile.ZipFile(tmp_path / "new.dragstudio").read(n) for n in
+               zipfile.ZipFile(tmp_path / "new.dragstudio").namelist()}  # fmt: skip
+    old = _hand_rolled_latents(g.trajectory)
+    assert members[LATENTS] == old  # safetensors.numpy writes the same bytes
+    members[LATENTS] = old
+    back = read_project(_write(tmp_path / "old.dragstudio", members))
+    _assert_same_generation(back.generation, g)
+
+
 def test_reader_bounds_the_latents_member_by_its_declared_size(tmp_path: Path, monkeypatch) -> None:
     path = _write(tmp_path / "big.dragstudio", _members(tmp_path))
     monkeypatch.setattr(bp, "MAX_LATENTS_BYTES", 1000)
