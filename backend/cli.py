@@ -18,7 +18,7 @@ from typing import Any
 
 from backend import __version__
 from backend.errors import Cancelled, DragStudioError, InvalidRequest, ModelNotFound
-from backend.params import add_param_flags, apply_param_flags
+from backend.params import add_param_flags
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -173,67 +173,6 @@ def _close(engine: Any) -> None:
         close()
 
 
-def _load_mask(path: Path, size: tuple[int, int]) -> Any:
-    import numpy as np
-
-    from backend.imagefile import DECODE_ERRORS, ImageRefused, open_image
-
-    try:
-        with open_image(path, photo=False) as im:
-            im.load()
-            mask = np.asarray(im.convert("L")) > 0
-    except ImageRefused as exc:
-        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from None
-    except DECODE_ERRORS as exc:
-        raise InvalidRequest(f"cannot read the mask {path}: {exc}") from None
-    if (mask.shape[1], mask.shape[0]) != size:
-        raise InvalidRequest(
-            f"the mask is {mask.shape[1]}×{mask.shape[0]} but the image is {size[0]}×{size[1]}"
-        )
-    return mask
-
-
-def _build_request(args: argparse.Namespace) -> Any:
-    from backend.bench.dragbench import load_case
-    from backend.document import load_image
-    from backend.request import DragParams, DragRequest, LoraParams, PointPair
-
-    mask = None
-    prompt = ""
-    pairs: tuple[PointPair, ...] = ()
-    if args.case is not None:
-        case = load_case(args.case)
-        image = load_image(case.image_path)
-        mask, prompt, pairs = case.mask, case.prompt, case.pairs
-        if mask.shape != image.shape[:2]:
-            raise InvalidRequest(f"{args.case}: the mask does not match the image size")
-    else:
-        image = load_image(args.image)
-    size = (image.shape[1], image.shape[0])
-    if args.mask is not None:
-        mask = _load_mask(args.mask, size)
-    if args.pair:
-        pairs = tuple(PointPair((hx, hy), (tx, ty)) for hx, hy, tx, ty in args.pair)
-    if not pairs:
-        raise InvalidRequest("no point pairs: give --pair HX,HY,TX,TY at least once")
-    if args.prompt is not None:
-        prompt = args.prompt
-
-    params, lora = apply_param_flags(args, DragParams(), LoraParams())
-    request = DragRequest(
-        image=image,
-        pairs=pairs,
-        mask=mask,
-        prompt=prompt,
-        params=params,
-        lora=lora,
-        model=args.model,
-        vae=(args.vae or "").strip() or None,
-    )
-    request.validate()
-    return request
-
-
 class _Printer:
     """Stage lines and a sparse step count on stderr."""
 
@@ -284,14 +223,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
     project = None
     if args.project is not None:
         from backend.project import read_project
-        from backend.project_cli import request_from_project
 
         project = read_project(args.project)
-        request = request_from_project(args, project)
     elif args.model is None:
         raise InvalidRequest("give --model (or --project, which names one)")
-    else:
-        request = _build_request(args)
+    from backend.edit_request import build_request
+
+    request = build_request(args, project)
     from backend.method_cli import apply_method_args
 
     request = apply_method_args(args, request)

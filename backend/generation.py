@@ -12,6 +12,7 @@ This module is the torch-free half (the project reader and the document build
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,6 +59,19 @@ class Generation:
         ok = isinstance(t, np.ndarray) and t.dtype == np.float32 and shape == expected
         check(ok, f"the kept latents have shape {shape}, expected {expected}")
         check(bool(np.isfinite(t).all()), "the kept latents contain NaN or infinity")
+
+    def settings(self) -> dict[str, Any]:
+        """Everything but the trajectory, as plain JSON (a project's manifest and the server's
+        wire both store it so)."""
+        return {
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": int(self.seed),
+            "width": int(self.width),
+            "height": int(self.height),
+            "guidance_scale": float(self.guidance_scale),
+            "steps": int(self.steps),
+        }
 
     @property
     def uses_guidance(self) -> bool:

@@ -110,3 +110,15 @@ def pil_to_array(pil: Image.Image) -> np.ndarray:
     for y in range(0, h, step):
         out[y : y + step] = np.asarray(pil.crop((0, y, w, min(h, y + step))), dtype=np.uint8)
     return out
+
+
+def png_bytes(image: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit RGB image, or a bool mask as a 1-bit PNG, encoded at zlib ``level`` (projects
+    and the server's wire both write their PNGs here)."""
+    buf = io.BytesIO()
+    if image.dtype == bool:
+        pil = Image.fromarray(np.ascontiguousarray(image)).convert("1")
+    else:
+        pil = Image.fromarray(np.ascontiguousarray(image))
+    pil.save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()

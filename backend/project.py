@@ -12,7 +12,6 @@ safetensors file, checked by parsing the header (plain JSON), so the GUI thread 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import re
@@ -33,7 +32,7 @@ from backend.atomicio import atomic_file
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import DragStudioError, InvalidRequest
 from backend.generation import Generation
-from backend.imagefile import PNG_ONLY, ImageRefused, open_image
+from backend.imagefile import PNG_ONLY, ImageRefused, open_image, png_bytes
 from backend.methods import METHODS, PAPER, GoodDragParams
 from backend.request import (
     DragParams,
@@ -206,12 +205,6 @@ class Project:
 # Writing
 
 
-def _png(image: np.ndarray, compress_level: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 def _pairs_json(pairs: tuple[Pair, ...]) -> list[dict[str, Any]]:
     return [
         {"handle": list(p.handle), "target": None if p.target is None else list(p.target)}
@@ -269,16 +262,7 @@ def manifest_of(project: Project) -> dict[str, Any]:
 
 
 def _generation_json(g: Generation) -> dict[str, Any]:
-    return {
-        "file": LATENTS,
-        "prompt": g.prompt,
-        "negative_prompt": g.negative_prompt,
-        "seed": int(g.seed),
-        "width": int(g.width),
-        "height": int(g.height),
-        "guidance_scale": float(g.guidance_scale),
-        "steps": int(g.steps),
-    }
+    return {"file": LATENTS, **g.settings()}
 
 
 def latents_bytes(trajectory: np.ndarray) -> bytes:
@@ -309,14 +293,11 @@ def _members(project: Project, compress_level: int) -> list[tuple[str, bytes, in
     """``(name, data, compression)``: PNGs and tensors are stored, the manifest deflated."""
     stored, deflated = zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED
     out = [(MANIFEST, manifest_text(project).encode(), deflated)]
-    out.append((IMAGE, _png(project.original, compress_level), stored))
+    out.append((IMAGE, png_bytes(project.original, compress_level), stored))
     if project.mask is not None:
-        mask = Image.fromarray(project.mask.astype(bool)).convert("1")
-        buf = io.BytesIO()
-        mask.save(buf, format="PNG", compress_level=compress_level)
-        out.append((MASK, buf.getvalue(), stored))
+        out.append((MASK, png_bytes(project.mask.astype(bool), compress_level), stored))
     for n, entry in enumerate(project.history, 1):
-        out.append((f"results/{n:04d}.png", _png(entry.after, compress_level), stored))
+        out.append((f"results/{n:04d}.png", png_bytes(entry.after, compress_level), stored))
     if project.lora is not None:
         out.append((LORA, project.lora.data, stored))
     if project.generation is not None:

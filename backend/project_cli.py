@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from backend.errors import InvalidRequest
-from backend.params import apply_param_flags
 from backend.project import (
     Project,
     describe,
     read_project,
     save_project,
 )
-from backend.request import DragRequest, PointPair
+from backend.request import DragRequest
 
 
 def add_project_command(sub: Any) -> dict[str, Any]:
@@ -43,33 +40,6 @@ def cmd_project(args: argparse.Namespace) -> int:
     project = read_project(args.file)
     print(describe(project, args.file))
     return 0
-
-
-def request_from_project(args: argparse.Namespace, project: Project) -> DragRequest:
-    """The project's next edit, with the command line's flags applied on top."""
-    from backend.cli import _load_mask
-
-    request = project.to_request()
-    image = request.image
-    size = (image.shape[1], image.shape[0])
-    changes: dict[str, Any] = {}
-    if args.pair:
-        changes["pairs"] = tuple(PointPair((hx, hy), (tx, ty)) for hx, hy, tx, ty in args.pair)
-    if args.mask is not None:
-        changes["mask"] = _load_mask(args.mask, size)
-    if args.prompt is not None:
-        changes["prompt"] = args.prompt
-    if args.model is not None:
-        changes["model"] = args.model
-    params, lora = apply_param_flags(args, request.params, request.lora)
-    if request.generation is not None and "model" in changes and changes["model"] != project.model:
-        # Kept latents belong to the model that made them; another model drags it as a photo.
-        changes["generation"] = None
-    request = replace(request, params=params, lora=lora, **changes)
-    if not request.pairs:
-        raise InvalidRequest("the project has no point pairs: give --pair HX,HY,TX,TY")
-    request.validate()
-    return request
 
 
 def install_bundled_lora(engine: Any, project: Project, request: DragRequest) -> dict[str, Any]:

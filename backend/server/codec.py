@@ -22,6 +22,7 @@ from PIL import Image
 from backend.errors import InvalidRequest
 from backend.events import Event, Stage, StageFinished, StageStarted, StepProgress
 from backend.generation import Generation
+from backend.imagefile import png_bytes
 from backend.methods import GoodDragParams
 from backend.request import (
     DragParams,
@@ -55,18 +56,6 @@ def sha256(data: bytes) -> str:
 
 
 # -- images -----------------------------------------------------------------------------------
-
-
-def png_bytes(image: np.ndarray, level: int = 1) -> bytes:
-    """An RGB image or a bool mask as PNG (fast compression: it only crosses a network)."""
-    buf = io.BytesIO()
-    if image.dtype == bool:
-        Image.fromarray(image.astype(np.uint8) * 255, mode="L").convert("1").save(
-            buf, format="PNG", compress_level=level
-        )
-    else:
-        Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
 
 
 def decode_png(data: bytes, where: str, *, mask: bool = False, max_pixels: int) -> np.ndarray:
@@ -103,15 +92,7 @@ def _strict_params(cls: type, value: Any, where: str) -> Any:
 
 
 def generation_to_json(g: Generation, trajectory: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "prompt": g.prompt,
-        "negative_prompt": g.negative_prompt,
-        "seed": int(g.seed),
-        "width": int(g.width),
-        "height": int(g.height),
-        "guidance_scale": float(g.guidance_scale),
-        "steps": int(g.steps),
-    }
+    out = g.settings()
     if trajectory is not None:
         out["trajectory"] = trajectory
     return out
