@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     window = MainWindow()
     window.show()
-    QTimer.singleShot(0, window.project_ui.offer_recovery)  # after a crash: offer the autosave
+    QTimer.singleShot(0, window.file_controller.offer_recovery)  # after a crash: offer the autosave
     if args.image:
         path = args.image
         QTimer.singleShot(0, lambda: window.open_path(path))

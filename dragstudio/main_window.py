@@ -49,6 +49,7 @@ from dragstudio.dialogs import ModelChoice, ask_missing_model
 from dragstudio.document_switch import DocumentSwitch
 from dragstudio.drag_ui import DragUI, show_failure_dialog
 from dragstudio.engine_ui import EngineUI, make_host
+from dragstudio.file_controller import PROJECT_FILTER, FileController, is_project
 from dragstudio.generate_ui import GenerateUI
 from dragstudio.help_ui import HelpUI, docs_path
 from dragstudio.panels.history import HistoryView
@@ -57,7 +58,6 @@ from dragstudio.panels.model_picker import ModelPicker
 from dragstudio.panels.parameters import ParametersPanel
 from dragstudio.prefs import open_prefs
 from dragstudio.project_dialogs import cache_limit_bytes
-from dragstudio.project_ui import PROJECT_FILTER, ProjectUI, is_project
 from dragstudio.resources import app_icon, icon
 from dragstudio.runner import EngineHost, Failure
 from dragstudio.window_services import ActionRegistry, DockArea, WindowFrame, shortcut_text
@@ -131,7 +131,16 @@ class MainWindow(QMainWindow):
         )
         self.drag_ui.host.memory = self.memory_combo.plan
         self.memory_combo.planChanged.connect(self._memory_plan_changed)
-        self.project_ui = ProjectUI(self, self.lora_cache)
+        self.file_controller = FileController(
+            frame,
+            self,
+            document=self.document,
+            undo_stack=self.undo_stack,
+            cache=self.lora_cache,
+            controller=self.drag_ui.controller,
+            progress_status=self.drag_ui.progress.status,
+            refresh_title=self._update_title,
+        )
         self.generate_ui = GenerateUI(
             frame,
             self,
@@ -147,11 +156,11 @@ class MainWindow(QMainWindow):
             lora_cache=self.lora_cache,
             current_host=lambda: self.drag_ui.host,
             set_host=self._set_host,
-            document_lora=lambda: self.project_ui.bundled,
+            document_lora=lambda: self.file_controller.bundled,
         )
         self.help_ui = HelpUI(frame, self)
         # A photo or generated image has no project file and no LoRA of its own yet.
-        self.switch.on_forget(self.project_ui.reset)
+        self.switch.on_forget(self.file_controller.reset)
         self.switch.on_opened(lambda _keep: self._update_enabled())
         self.switch.on_opened(lambda _keep: self._update_title())
 
@@ -463,7 +472,7 @@ class MainWindow(QMainWindow):
     def open_path(self, path: str | Path) -> bool:
         """Open an image or project; on failure say why and leave the document as it was."""
         if is_project(path):
-            return self.project_ui.open_project(path)
+            return self.file_controller.open_project(path)
         QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             image = load_image(path)
@@ -480,7 +489,7 @@ class MainWindow(QMainWindow):
             document.set_prompt("")  # the prompt describes a photo; this is another one
 
         self.switch.replace(load, message=f"Opened {Path(path).name}")
-        self.project_ui.remember_recent(Path(path))
+        self.file_controller.remember_recent(Path(path))
         self.prefs.update(last_dir=str(Path(path).resolve().parent))
         return True
 
@@ -512,7 +521,7 @@ class MainWindow(QMainWindow):
             QMessageBox.StandardButton.Save,
         )
         if answer == QMessageBox.StandardButton.Save:
-            return self.project_ui.save()
+            return self.file_controller.save(wait=True)
         return answer == QMessageBox.StandardButton.Discard
 
     def ask_save_changes(self) -> str:
@@ -753,13 +762,13 @@ class MainWindow(QMainWindow):
         if job and not self.ask_quit_during_job(job):
             event.ignore()
             return
-        if not self.project_ui.may_close():  # "Save changes?" may still say Cancel
+        if not self.file_controller.may_close():  # "Save changes?" may still say Cancel
             event.ignore()
             return
         if job:
             self.drag_ui.cancel()
             self.generate_ui.shutdown()
-        self.project_ui.shutdown()
+        self.file_controller.shutdown()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
         self.settings.sync()

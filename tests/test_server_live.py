@@ -14,6 +14,7 @@ from PIL import Image
 
 from backend.errors import InvalidRequest
 from backend.events import Stage, StageFinished, StageStarted, StepProgress
+from backend.imagefile import png_bytes
 from backend.lora_cache import LoraCache
 from backend.request import PointPair
 from backend.server import protocol
@@ -25,7 +26,7 @@ from backend.server.client import (
     ServerRefused,
     remote_edit,
 )
-from backend.server.codec import png_bytes, request_to_json, sha256, upload_parts
+from backend.server.codec import request_to_json, sha256, upload_parts
 from dragstudio.remote import RemoteEngineHost
 from tests.server_helpers import TOKEN, ThreadServer, tiny_request
 

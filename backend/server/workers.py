@@ -145,7 +145,7 @@ class EngineWorker:
         return emit
 
     def _edit(self, job: Job) -> dict[str, Any]:
-        from backend.server.codec import png_bytes
+        from backend.imagefile import png_bytes
 
         engine = self.engine
         assert job.request is not None
@@ -177,8 +177,8 @@ class EngineWorker:
             cache_lora(engine.lora_cache, key, state, params)
 
     def _generate(self, job: Job) -> dict[str, Any]:
+        from backend.imagefile import png_bytes
         from backend.project import latents_bytes
-        from backend.server.codec import png_bytes
 
         assert job.generation is not None
         image, generation = self.engine.generate(

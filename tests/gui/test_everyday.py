@@ -519,7 +519,7 @@ def test_discard_prompts_offer_save(
 
     monkeypatch.setattr(QMessageBox, "question", question)
     saved: list[bool] = []
-    monkeypatch.setattr(w.project_ui, "save", lambda: saved.append(True) or True)
+    monkeypatch.setattr(w.file_controller, "save", lambda **kw: saved.append(kw["wait"]) or True)
     assert w.open_path(sample_image)
     w.fill_mask()
     assert w.confirm_discard()
@@ -532,7 +532,7 @@ def test_discard_prompts_offer_save(
 
 def test_open_recent_lists_images(w: Any, sample_image: Path) -> None:
     assert w.open_path(sample_image)
-    menu = w.project_ui.recent_menu
+    menu = w.file_controller.recent_menu
     menu.aboutToShow.emit()
     texts = [a.text() for a in menu.actions()]
     assert any(sample_image.name in t for t in texts), texts

@@ -70,7 +70,7 @@ def test_generate_save_reopen_keeps_the_generation(
     assert doc.to_request().generation is g
 
     path = tmp_path / "gen.dragstudio"
-    assert w.project_ui.save_to(path)
+    assert w.file_controller.save_to(path, wait=True)
     assert read_project(path).generation is not None
     w.document.set_image(np.zeros((72, 64, 3), np.uint8))
     assert w.document.generation is None

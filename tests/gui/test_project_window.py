@@ -28,10 +28,10 @@ def test_open_then_save_round_trips_everything(window, tmp_path: Path) -> None:
     # the shared cache holds only LoRAs this machine trained.
     assert window.lora_cache.read_bytes(KEY) is None
     assert window.drag_ui.host.document_lora().data == project.lora.data
-    assert window.project_ui.save_to(out)
+    assert window.file_controller.save_to(out, wait=True)
     assert_same_project(project, read_project(out))
     assert window.undo_stack.isClean()
-    assert window.project_ui.recent()[0] == str(out.resolve())
+    assert window.file_controller.recent()[0] == str(out.resolve())
 
 
 def test_a_bad_project_names_the_problem_and_changes_nothing(window, tmp_path, sample_image):
@@ -60,21 +60,21 @@ def test_autosave_and_recovery(window, qtbot, settings, tmp_path: Path) -> None:
     save_project(sample_project(), tmp_path / "p.dragstudio")
     assert window.open_path(tmp_path / "p.dragstudio")
     window.fill_mask()
-    ui = window.project_ui
-    assert ui.autosave() and ui.recovery_file.is_file()
+    ui = window.file_controller
+    assert ui.autosave(wait=True) and ui.recovery_file.is_file()
     from dragstudio.main_window import MainWindow
 
     again = MainWindow(settings)
     qtbot.addWidget(again)
     asked: list[Path] = []
     again.ask_recover = lambda path: asked.append(path) or False
-    assert not again.project_ui.offer_recovery()  # the first instance still runs: not offered
+    assert not again.file_controller.offer_recovery()  # the first instance still runs: not offered
     assert not asked and ui.recovery_file.is_file()  # and its file is not deleted
     ui.recovery.lock.release()  # as if the first instance were killed
     again.ask_recover = lambda path: True
-    assert again.project_ui.offer_recovery()
+    assert again.file_controller.offer_recovery()
     assert again.document.mask.all() and not again.undo_stack.isClean()
-    assert again.project_ui.path == tmp_path / "p.dragstudio"
+    assert again.file_controller.path == tmp_path / "p.dragstudio"
     again.ask_save_changes = lambda: "discard"
     again.close()
     assert not ui.recovery_file.exists()  # a deliberate close leaves nothing to recover
@@ -84,7 +84,7 @@ def test_export_png_jpeg_webp_and_series(window, tmp_path: Path) -> None:
     project = sample_project()
     save_project(project, tmp_path / "p.dragstudio")
     assert window.open_path(tmp_path / "p.dragstudio")
-    ui = window.project_ui
+    ui = window.file_controller
     assert ui.export_to(tmp_path / "e.png")
     from PIL import Image
 

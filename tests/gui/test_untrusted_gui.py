@@ -53,13 +53,13 @@ def test_answering_no_in_one_window_leaves_another_windows_work(
     save_project(sample_project(), tmp_path / "p.dragstudio")
     assert window.open_path(tmp_path / "p.dragstudio")
     window.fill_mask()
-    assert window.project_ui.autosave()
+    assert window.file_controller.autosave(wait=True)
     other = MainWindow(settings)
     qtbot.addWidget(other)
     other.ask_recover = lambda path: False  # "No": discard what is offered
-    assert not other.project_ui.offer_recovery()
-    assert window.project_ui.recovery_file.is_file()  # the live window's work survives
-    assert other.project_ui.recovery_file != window.project_ui.recovery_file
+    assert not other.file_controller.offer_recovery()
+    assert window.file_controller.recovery_file.is_file()  # the live window's work survives
+    assert other.file_controller.recovery_file != window.file_controller.recovery_file
     other.close()
 
 
@@ -68,22 +68,24 @@ def test_a_failing_save_shows_a_dialog_and_autosave_keeps_going(window, tmp_path
     assert window.open_path(tmp_path / "p.dragstudio")
     window.document.set_prompt("broken \ud800 text")  # e.g. pasted from a broken source
     window.fill_mask()
-    ui = window.project_ui
-    assert ui.autosave() and read_project(ui.recovery_file).prompt == "broken \ufffd text"
-    assert ui.save_to(tmp_path / "q.dragstudio")
+    ui = window.file_controller
+    assert ui.autosave(wait=True) and read_project(ui.recovery_file).prompt == "broken \ufffd text"
+    assert ui.save_to(tmp_path / "q.dragstudio", wait=True)
     assert read_project(tmp_path / "q.dragstudio").prompt == "broken \ufffd text"
 
-    import dragstudio.project_ui as project_ui
+    import dragstudio.file_controller as file_controller
 
     def explode(*_a, **_k):
         raise ValueError("something unexpected")
 
-    monkeypatch.setattr(project_ui, "save_project", explode)
+    monkeypatch.setattr(file_controller, "save_project", explode)
     window.invert_mask()
     assert not window.undo_stack.isClean()
-    assert not ui.save_to(tmp_path / "r.dragstudio")
+    assert not ui.save_to(tmp_path / "r.dragstudio", wait=True)
     assert window.errors[-1][0] == "Cannot save project" and "unexpected" in window.errors[-1][1]
-    assert not ui.autosave()  # reported in the status bar, never raised into the event loop
+    assert not ui.autosave(
+        wait=True
+    )  # reported in the status bar, never raised into the event loop
     assert "Autosave failed" in window.statusBar().currentMessage()
 
 
@@ -95,7 +97,7 @@ def test_a_long_history_exports_as_jpeg_and_failures_get_a_dialog(window, tmp_pa
     save_project(sample_project(), tmp_path / "p.dragstudio")
     assert window.open_path(tmp_path / "p.dragstudio")
     window.document.history = list(long)
-    ui = window.project_ui
+    ui = window.file_controller
     assert ui.export_to(tmp_path / "e.jpg")
     record = read_record(tmp_path / "e.jpg")
     assert record["summary"] is True and record["accepted_drags"] == 600
