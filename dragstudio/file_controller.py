@@ -158,6 +158,8 @@ class FileController:
         """Project saves and autosaves, written one at a time off the GUI thread."""
         self.saves.started.connect(self._save_started)
         self.save_wait_s = SAVE_WAIT_S
+        self._abandon_saves = False
+        """The user chose to close while a save was still writing (it is not waited for)."""
         self._outcomes: dict[Path, bool] = {}
         """Whether the last finished save to each file succeeded."""
         self._edits = 0
@@ -175,6 +177,7 @@ class FileController:
         controller.resultChanged.connect(self._result_changed)
         controller.stageStarted.connect(self._stage_started)
         self._history_len = 0
+        self._opening = False
         self._unsubscribe = document.subscribe(self._on_document)
 
     @property
@@ -264,7 +267,11 @@ class FileController:
             return False
         self.controller.discard()
         self._document_id += 1
-        project.apply(doc, path)
+        self._opening = True  # its history is not a newly accepted result
+        try:
+            project.apply(doc, path)
+        finally:
+            self._opening = False
         stack.clear()
         self._history_len = len(doc.history)
         self.path = None if recovered else path
@@ -391,7 +398,8 @@ class FileController:
         self.status.showMessage(f"Finishing saving {name} before closing…")
         if self.saves.wait(self.save_wait_s):
             return True
-        return self.ask_close_while_saving(name)
+        self._abandon_saves = self.ask_close_while_saving(name)
+        return self._abandon_saves
 
     def ask_close_while_saving(self, name: str) -> bool:
         answer = QMessageBox.question(
@@ -566,7 +574,7 @@ class FileController:
     def _on_document(self, notice: Notice) -> None:
         if notice.change in (Change.IMAGE, Change.HISTORY):
             self.update_enabled()
-        if notice.change == Change.HISTORY:
+        if notice.change == Change.HISTORY and not self._opening:
             n = len(self.document.history)
             grew = n > self._history_len
             self._history_len = n
@@ -576,7 +584,8 @@ class FileController:
     def shutdown(self) -> None:
         self.timer.stop()
         self._unsubscribe()
-        self.saves.wait(self.save_wait_s)  # the recovery file's removal, at least
+        if not self._abandon_saves:  # the recovery file's removal, at least
+            self.saves.wait(self.save_wait_s)
         self.recovery.close()
 
 

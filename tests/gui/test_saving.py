@@ -209,3 +209,20 @@ def test_autosave_runs_in_the_background_and_a_removal_waits_behind_it(
     slow.release.set()
     assert ui.saves.wait(60)
     assert not ui.recovery_file.exists()  # the autosave did not bring it back
+
+
+def test_closing_anyway_does_not_wait_again(window, qtbot, tmp_path, slow, monkeypatch):
+    _open_edited(window, tmp_path)
+    ui = window.file_controller
+    ui.save_wait_s = 0.2
+    ui.ask_close_while_saving = lambda name: True  # "Close anyway?" — Yes
+    assert ui.save_to(tmp_path / "out.dragstudio")
+    qtbot.waitUntil(lambda: len(slow.threads) == 1)
+    waits: list[float] = []
+    real_wait = ui.saves.wait
+    monkeypatch.setattr(ui.saves, "wait", lambda s: waits.append(s) or real_wait(s))
+    assert window.close()
+    assert waits == [0.2]  # the bounded wait before asking; none after the answer
+    assert ui.saves.busy and not (tmp_path / "out.dragstudio").exists()
+    slow.release.set()  # let the abandoned writer end before the window goes
+    assert real_wait(60)
