@@ -102,11 +102,6 @@ class DragUI:
         self.set_quality(Quality.PREVIEW if stored == Quality.PREVIEW.value else Quality.FINAL)
         self.update_enabled()
 
-    @property
-    def runner(self) -> DragController:
-        """The old name of :attr:`controller`, still read by ``project_ui.py``."""
-        return self.controller
-
     # -- actions -----------------------------------------------------------------------------
 
     def _build_actions(self) -> None:

@@ -42,6 +42,7 @@ from backend.export import edit_record, export_image, export_series
 from backend.lora_cache import LoraCache
 from backend.project import SUFFIX, BundledLora, Project, read_project, save_project
 from backend.session import bundle_lora
+from dragstudio.document_switch import DocumentSwitch
 from dragstudio.drag_controller import DragController, PendingResult
 from dragstudio.project_dialogs import CacheSettingsDialog
 from dragstudio.qtimage import rgb_to_qimage
@@ -112,10 +113,6 @@ class FileWindow(Protocol):
 
     def open_path(self, path: str | Path) -> bool: ...
 
-    def document_opened(self) -> None:
-        """A new document is in place: every part shows it and nothing of the last."""
-        ...
-
 
 class FileController:
     """Projects, export, recent files, autosave and recovery: the File menu's actions."""
@@ -127,12 +124,15 @@ class FileController:
         *,
         document: Document,
         undo_stack: QUndoStack,
+        switch: DocumentSwitch,
         cache: LoraCache,
         controller: DragController,
         progress_status: QLabel,
         refresh_title: Callable[[], None],
     ) -> None:
         """``frame``: the window's chrome (the File menu is filled above its Quit action);
+        ``switch``: replaces the document when a project opens (and calls :meth:`reset` for
+        any other document);
         ``controller``: the drag controller, whose results bring a trained LoRA;
         ``progress_status``: the Drag panel's status line; ``refresh_title``: the window's
         title shows the file and whether it is saved."""
@@ -141,6 +141,7 @@ class FileController:
         self.window = window
         self.document = document
         self.undo_stack = undo_stack
+        self.switch = switch
         self.prefs = frame.prefs
         self.cache = cache
         self.controller = controller
@@ -179,6 +180,7 @@ class FileController:
         self._history_len = 0
         self._opening = False
         self._unsubscribe = document.subscribe(self._on_document)
+        switch.on_forget(self.reset)
 
     @property
     def status(self) -> QStatusBar:
@@ -209,7 +211,7 @@ class FileController:
         self.update_enabled()
 
     def reset(self) -> None:
-        """A photo was opened: no project file, no LoRA belongs to it yet."""
+        """Another document is open: no project file, no LoRA belongs to it (yet)."""
         self.path, self.bundled, self._trained = None, None, None
         self._document_id += 1
         self._history_len = 0
@@ -262,30 +264,27 @@ class FileController:
             return False
         finally:
             QGuiApplication.restoreOverrideCursor()
-        w, doc, stack = self.window, self.document, self.undo_stack
-        if not recovered and not stack.isClean() and not w.confirm_discard():
+        if not recovered and not self.undo_stack.isClean() and not self.window.confirm_discard():
             return False
-        self.controller.discard()
-        self._document_id += 1
-        self._opening = True  # its history is not a newly accepted result
-        try:
-            project.apply(doc, path)
-        finally:
-            self._opening = False
-        stack.clear()
-        self._history_len = len(doc.history)
+
+        def load(doc: Document) -> None:
+            self._opening = True  # its history is not a newly accepted result
+            try:
+                project.apply(doc, path)
+            finally:
+                self._opening = False
+
+        # Recovered work is unsaved work. The switch forgets the last file (``reset``) before
+        # the new one's path and LoRA are set here.
+        self.switch.replace(load, unsaved=recovered, message=f"Opened {path.name}")
+        self._history_len = len(self.document.history)
         self.path = None if recovered else path
         self.bundled = project.lora  # it stays with the document: never the shared cache
-        self._trained = None
-        if recovered:
-            stack.resetClean()  # recovered work is unsaved work
-        else:
+        if not recovered:
             self._remember(path)
             self.prefs.update(last_dir=str(path.resolve().parent))
-        w.document_opened()
         self._refresh_title()
         self.update_enabled()
-        self.status.showMessage(f"Opened {path.name}", 4000)
         return True
 
     # -- save --------------------------------------------------------------------------------

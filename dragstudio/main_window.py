@@ -8,13 +8,11 @@ engine's progress panel goes, and the canvas shows live handle positions when to
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QByteArray, QRect, QSettings, Qt, QTimer
 from PySide6.QtGui import (
-    QAction,
     QActionGroup,
     QCloseEvent,
     QDragEnterEvent,
@@ -136,6 +134,7 @@ class MainWindow(QMainWindow):
             self,
             document=self.document,
             undo_stack=self.undo_stack,
+            switch=self.switch,
             cache=self.lora_cache,
             controller=self.drag_ui.controller,
             progress_status=self.drag_ui.progress.status,
@@ -159,8 +158,6 @@ class MainWindow(QMainWindow):
             document_lora=lambda: self.file_controller.bundled,
         )
         self.help_ui = HelpUI(frame, self)
-        # A photo or generated image has no project file and no LoRA of its own yet.
-        self.switch.on_forget(self.file_controller.reset)
         self.switch.on_opened(lambda _keep: self._update_enabled())
         self.switch.on_opened(lambda _keep: self._update_title())
 
@@ -176,16 +173,6 @@ class MainWindow(QMainWindow):
         self._restore_geometry()
 
     # -- actions -----------------------------------------------------------------------------
-
-    def _action(
-        self,
-        name: str,
-        text: str,
-        slot: Callable[[], object] | None = None,
-        **options: Any,
-    ) -> QAction:
-        """:meth:`ActionRegistry.add`, by the name ``project_ui`` still calls."""
-        return self.actions.add(name, text, slot, **options)
 
     def _build_actions(self) -> None:
         a = self.actions.add
@@ -492,11 +479,6 @@ class MainWindow(QMainWindow):
         self.file_controller.remember_recent(Path(path))
         self.prefs.update(last_dir=str(Path(path).resolve().parent))
         return True
-
-    def document_opened(self, *, keep_progress: bool = False) -> None:
-        """The last step of :meth:`DocumentSwitch.replace` alone, for ``ProjectUI``, which still
-        does the earlier steps itself: no view shows anything of the last document."""
-        self.switch.opened(keep_progress=keep_progress)
 
     def show_error(self, title: str, message: str) -> None:
         QMessageBox.warning(self, title, message)

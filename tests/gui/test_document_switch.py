@@ -81,4 +81,3 @@ def test_the_window_opens_documents_through_its_switch(window, sample_image: Pat
     assert window.open_path(sample_image)
     assert replaced == [False]
     assert window.statusBar().currentMessage() == f"Opened {sample_image.name}"
-    assert window.drag_ui.controller is window.drag_ui.runner  # the alias project_ui reads

@@ -134,3 +134,17 @@ def test_lora_cache_stays_torch_free_and_drops_corrupt_entries(tmp_path: Path) -
     from backend.lora import cached_lora
 
     assert cached_lora(cache, KEY) is None and cache.read_bytes(KEY) is None  # dropped
+
+
+def test_opening_a_project_goes_through_the_document_switch(window, tmp_path: Path) -> None:
+    save_project(sample_project(), tmp_path / "p.dragstudio")
+    steps: list[str] = []
+    window.switch.on_leave(lambda: steps.append("leave"))
+    window.switch.on_forget(lambda: steps.append("forget"))
+    window.switch.on_opened(lambda _keep: steps.append("opened"))
+    assert window.open_path(tmp_path / "p.dragstudio")
+    assert steps == ["leave", "forget", "opened"]
+    files = window.file_controller
+    assert files.path == tmp_path / "p.dragstudio" and files.bundled is not None  # set after
+    assert window.statusBar().currentMessage() == "Opened p.dragstudio"
+    assert window.undo_stack.isClean() and window.windowTitle().startswith("p.dragstudio")
