@@ -72,7 +72,7 @@ class DocumentSwitch:
         self.focus.setFocus()
 
     def opened(self, *, keep_progress: bool = False) -> None:
-        """The last step alone, for a caller that did the others itself (``ProjectUI``)."""
+        """The last step alone: every part shows the document that is now open."""
         self.status.clearMessage()
         for hook in self._opened:
             hook(keep_progress)
