@@ -56,7 +56,6 @@ from backend.memory import (
     apply_plan,
     half_autocast,
     next_plan,
-    release_cached_memory,
     resident,
     resolve_plan,
 )
@@ -373,7 +372,7 @@ class Engine:
             remove_adapter(self.pipe.unet)
         self.caches.invalidate()
         self.caches.lora = lora
-        release_cached_memory(self.device)
+        free_memory(self.device)
 
     def _edit(
         self, request: DragRequest, emit: EventSink, cancel: CancelToken | None

@@ -30,7 +30,6 @@ levels.
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from backend.errors import DragStudioError
+from backend.models import free_memory
 
 GIB = 2**30
 
@@ -174,7 +174,7 @@ def apply_plan(pipe: Any, plan: MemoryPlan, device: torch.device) -> None:
     home = torch.device("cpu") if plan.offload else device
     pipe.text_encoder.to(home)
     vae.to(home)
-    release_cached_memory(device)
+    free_memory(device)
 
 
 @contextlib.contextmanager
@@ -188,14 +188,7 @@ def resident(module: Any, device: torch.device, plan: MemoryPlan) -> Iterator[No
         yield
     finally:
         module.to("cpu")
-        release_cached_memory(device)
-
-
-def release_cached_memory(device: torch.device) -> None:
-    """Collect garbage and return the allocator's cached blocks to the device."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        free_memory(device)
 
 
 def half_autocast(
