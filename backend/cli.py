@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_args(edit)
     from backend.method_cli import add_method_args
+    from backend.speed_cli import add_speed_args
 
     add_method_args(edit)
+    add_speed_args(edit)
     from backend.bench.cli import add_bench_commands  # bench, bench-metrics
 
     COMMANDS.update(add_bench_commands(sub))
@@ -233,6 +235,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from backend.method_cli import apply_method_args
 
     request = apply_method_args(args, request)
+    from backend.speed_cli import apply_speed_args
+
+    request = apply_speed_args(args, request)
     out: Path = args.out
     if not out.parent.exists():
         raise InvalidRequest(f"the folder {out.parent} does not exist")

@@ -25,6 +25,7 @@ from backend.errors import InvalidRequest
 from backend.imagefile import DECODE_ERRORS, ImageRefused, open_image, pil_to_array
 from backend.methods import PAPER, GoodDragParams, check_method
 from backend.request import DEFAULT_MODEL, DragParams, DragRequest, LoraParams, PointPair
+from backend.speed_presets import PAPER_SPEED, check_speed
 
 if TYPE_CHECKING:
     from backend.generation import Generation
@@ -305,6 +306,7 @@ class HistoryEntry:
     final_handles: tuple[Point, ...] = ()
     method: str = PAPER
     gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
+    speed: str = PAPER_SPEED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +329,8 @@ class Document:
         """A VAE used instead of the model's own (None: its own)."""
         self.method: str = PAPER
         self.gooddrag: GoodDragParams = GoodDragParams()
+        self.speed: str = PAPER_SPEED
+        """The named fast option chosen (backend/speed_presets.py); ``paper`` for none."""
         self.original: np.ndarray | None = None
         """The photo as opened: accepted results replace ``image`` but not this, so dragging
         them again can keep the LoRA trained on the photo."""
@@ -569,6 +573,11 @@ class Document:
             self.gooddrag = gooddrag
         self._notify(Notice(Change.PARAMS))
 
+    def set_speed(self, speed: str) -> None:
+        """Record the named fast option chosen (its knobs are set through ``set_params``)."""
+        self.speed = check_speed(speed)
+        self._notify(Notice(Change.PARAMS))
+
     def set_model(self, model: str) -> None:
         if model != self.model:
             self.model = model
@@ -610,6 +619,7 @@ class Document:
             generation=self.generation if not self.history else None,
             method=self.method,
             gooddrag=self.gooddrag,
+            speed=self.speed,
         )
 
     def load_request(self, request: DragRequest, path: str | Path | None = None) -> None:
@@ -621,6 +631,7 @@ class Document:
         self.set_prompt(request.prompt)
         self.set_params(request.params, request.lora)
         self.set_method(request.method, request.gooddrag)
+        self.set_speed(request.speed)
         self.set_model(request.model)
         self.set_vae(request.vae)
 

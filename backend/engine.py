@@ -734,6 +734,7 @@ class Engine:
             memory_fallback=dict(self._fallback) if self._fallback else None,
             method=request.method,
             gooddrag=gooddrag,
+            speed=request.speed,
         )
 
     # -- stages ------------------------------------------------------------------------------

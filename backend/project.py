@@ -42,6 +42,7 @@ from backend.request import (
     params_from_dict,
     params_to_dict,
 )
+from backend.speed_presets import PAPER_SPEED, SPEEDS
 
 FORMAT = "dragstudio-project"
 FORMAT_VERSION = 2
@@ -138,6 +139,7 @@ class Project:
     """Set when ``original`` was generated here: its kept latents replace LoRA and inversion."""
     method: str = PAPER
     gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
+    speed: str = PAPER_SPEED
     format_version: int = FORMAT_VERSION
     app_version: str = __version__
 
@@ -166,6 +168,7 @@ class Project:
             generation=None if self.history else self.generation,
             method=self.method,
             gooddrag=self.gooddrag,
+            speed=self.speed,
         )
 
     @classmethod
@@ -186,6 +189,7 @@ class Project:
             generation=doc.generation,
             method=doc.method,
             gooddrag=doc.gooddrag,
+            speed=doc.speed,
         )
 
     def apply(self, doc: Document, path: str | Path | None = None) -> None:
@@ -197,6 +201,7 @@ class Project:
         doc.set_prompt(self.prompt)
         doc.set_params(self.params, self.lora_params)
         doc.set_method(self.method, self.gooddrag)
+        doc.set_speed(self.speed)
         doc.set_model(self.model)
         doc.set_vae(self.vae)
 
@@ -225,6 +230,7 @@ def _entry_json(n: int, e: HistoryEntry) -> dict[str, Any]:
         "final_handles": [list(h) for h in e.final_handles],
         "method": e.method,
         "gooddrag": params_to_dict(e.gooddrag),
+        "speed": e.speed,
     }
 
 
@@ -246,6 +252,7 @@ def manifest_of(project: Project) -> dict[str, Any]:
         "vae": project.vae,
         "method": project.method,
         "gooddrag": params_to_dict(project.gooddrag),
+        "speed": project.speed,
         "history": [_entry_json(n, e) for n, e in enumerate(project.history, 1)],
         "lora": None
         if lora is None
@@ -481,6 +488,14 @@ def _method(d: dict[str, Any], where: str) -> tuple[str, GoodDragParams]:
     return method, _params(GoodDragParams, d.get("gooddrag", {}), f"{where}gooddrag")
 
 
+def _speed(d: dict[str, Any], where: str) -> str:
+    """The named fast option (absent in older projects: the paper's settings)."""
+    speed = _text(d.get("speed", PAPER_SPEED), f"{where}speed", 32)
+    if speed not in SPEEDS:
+        raise _fail(f"{where}speed", f"unknown speed {speed!r}")
+    return speed
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
@@ -713,6 +728,7 @@ def _history(
                 final_handles=tuple(_point(h, f"{where}.final_handles", None) for h in handles),
                 method=method,
                 gooddrag=gooddrag,
+                speed=_speed(d, f"{where}."),
             )
         )
         before = after
@@ -868,6 +884,7 @@ def _project(archive: Archive) -> Project:
         generation=generation,
         method=method,
         gooddrag=gooddrag,
+        speed=_speed(manifest, ""),
         format_version=FORMAT_VERSION,
         app_version=_text(manifest.get("app_version", ""), "app_version", 64),
     )

@@ -18,6 +18,7 @@ from backend.errors import InvalidRequest
 from backend.limits import MAX_PAIRS
 from backend.methods import PAPER, GoodDragParams, check_method
 from backend.params import DragParams, LoraParams, params_from_dict, params_to_dict
+from backend.speed_presets import PAPER_SPEED, check_speed
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -79,6 +80,10 @@ class DragRequest:
     """``paper`` (DragDiffusion) or ``gooddrag`` (see :mod:`backend.methods`)."""
     gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
     """GoodDrag's own knobs; read only when ``method`` is ``gooddrag``."""
+    speed: str = PAPER_SPEED
+    """The named fast option chosen (:mod:`backend.speed_presets`), ``paper`` for none. A
+    label: its overrides are already in ``params``/``lora`` (the front end applied them when it
+    was chosen); the trace records it."""
 
     def validate(self, *, require_pairs: bool = True) -> None:
         """Raise :class:`InvalidRequest` with a one-line reason if this cannot be edited.
@@ -135,6 +140,7 @@ class DragRequest:
         self.params.validate()
         self.lora.validate()
         check_method(self.method)
+        check_speed(self.speed)
         if self.method != PAPER:
             self.gooddrag.validate()
             _check(self.params.r1 >= 1, "GoodDrag needs r1 ≥ 1 (its loss is scaled by (2·r1)²)")

@@ -96,6 +96,9 @@ class Trace:
     """The drag method (:mod:`backend.methods`)."""
     gooddrag: dict[str, Any] | None = None
     """GoodDrag's knobs and what its drag phase did (per-timestep blocks), in gooddrag mode."""
+    speed: str = "paper"
+    """The named fast option the request chose (:mod:`backend.speed_presets`); in the JSON
+    only when it is not ``paper``, so traces of paper edits read as before."""
 
     @property
     def seconds(self) -> float:
@@ -137,6 +140,7 @@ class Trace:
             },
             "method": self.method,
             **({} if self.gooddrag is None else {"gooddrag": self.gooddrag}),
+            **({} if self.speed == "paper" else {"speed": self.speed}),
         }
 
 

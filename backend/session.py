@@ -49,6 +49,7 @@ def history_entry(
         final_handles=tuple((float(x), float(y)) for x, y in trace.final_handles),
         method=request.method,
         gooddrag=request.gooddrag,
+        speed=request.speed,
     )
 
 
@@ -99,4 +100,5 @@ def project_after_edit(
         generation=previous.generation if previous is not None else None,
         method=request.method,
         gooddrag=request.gooddrag,
+        speed=request.speed,
     )

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.engine import Engine
+from backend.events import StageFinished, StageStarted
 from backend.request import DragParams, DragRequest, LoraParams, PointPair
 from backend.speed_presets import PRESETS
 from backend.tiny import SD15_SCHEDULER, _tokenizer, build_tiny_pipeline
@@ -130,6 +131,27 @@ def make_request(name: str, option: Option, base: DragParams, lora: LoraParams) 
     )
 
 
+class CpuClock:
+    """CPU seconds of this process per stage, from the engine's own stage events (they arrive
+    on the engine's thread, synchronously): on a machine other work loads, CPU time is what
+    stays comparable; wall seconds are in the trace."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+        self._t0 = time.process_time()
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, StageStarted):
+            self._started[event.stage.value] = time.process_time()
+        elif isinstance(event, StageFinished) and event.stage.value in self._started:
+            seconds = time.process_time() - self._started.pop(event.stage.value)
+            self.stages[event.stage.value] = self.stages.get(event.stage.value, 0.0) + seconds
+
+    def total(self) -> float:
+        return time.process_time() - self._t0
+
+
 def measure(
     engine: Engine,
     name: str,
@@ -150,10 +172,14 @@ def measure(
         engine.forget_lora()  # every run trains its own LoRA: the cache would hide its cost
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
-    result = engine.edit(request)
+    clock = CpuClock()
+    result = engine.edit(request, clock)
     mem = result.trace.memory
     row = {
         "stages": result.trace.stages,
+        "cpu_stages": clock.stages,
+        "cpu_total": clock.total(),
+        "lora_steps": request.lora.steps,
         "gpu_peak_gb": mem.get("gpu_peak_gb"),
         "process_peak_rss_gb": mem.get("process_peak_rss_gb"),
         "drag_iterations": result.trace.drag_iterations,
@@ -165,12 +191,69 @@ def measure(
         engine.forget_lora()
         if trained is not None:
             engine.install_lora(trained.key, trained.params, trained.state)
-        engine.prepare(request)
-        again = engine.edit(request)
+        prep = CpuClock()
+        engine.prepare(request, prep)
+        row["prepare_cpu_stages"], row["prepare_cpu_total"] = prep.stages, prep.total()
+        clock = CpuClock()
+        again = engine.edit(request, clock)
         row["pressed_stages"] = again.trace.stages
+        row["pressed_cpu_stages"], row["pressed_cpu_total"] = clock.stages, clock.total()
         row["pressed_iterations"] = again.trace.drag_iterations
         row["pressed_identical"] = bool(np.array_equal(again.image, result.image))
     return row
+
+
+def at_paper_lora_steps(row: dict[str, Any], steps: int = 80) -> dict[str, float] | None:
+    """The first edit's CPU seconds and the from-Drag-pressed ratio with the LoRA stage scaled
+    from the steps run to ``steps`` (its cost is per step: one batch's forward and backward)."""
+    run = row.get("lora_steps") or 0
+    if "pressed_cpu_total" not in row or run <= 0:
+        return None
+    lora = row["cpu_stages"].get("lora", 0.0)
+    full = row["cpu_total"] - lora + lora / run * steps
+    return {"lora_steps": steps, "first_edit_cpu_s": full,
+            "pressed_cpu_s": row["pressed_cpu_total"],
+            "pressed_ratio": row["pressed_cpu_total"] / full}  # fmt: skip
+
+
+def cpu_table(rows: list[dict[str, Any]]) -> str:
+    """CPU seconds per stage of each first edit, its preparation and the edit from Drag pressed."""
+    head = (
+        "| size | device | option | LoRA (steps) | inversion | drag (its) | denoise | total "
+        "| prepare | from Drag pressed: drag + denoise = total | pressed × total |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        c = r.get("cpu_stages")
+        if c is None:
+            continue
+        pc = r.get("pressed_cpu_stages")
+        pressed = "–"
+        ratio = "–"
+        if pc is not None:
+            pressed = (f"{pc.get('drag', 0.0):.2f} ({r['pressed_iterations']}) + "
+                       f"{pc.get('denoise', 0.0):.2f} = {r['pressed_cpu_total']:.2f}")  # fmt: skip
+            ratio = f"{r['pressed_cpu_total'] / r['cpu_total']:.3f}"
+        cells = [
+            r["size"], r["device"], r["option"],
+            f"{c.get('lora', 0.0):.2f} ({r.get('lora_steps', '?')})",
+            f"{c.get('inversion', 0.0):.2f}",
+            f"{c.get('drag', 0.0):.2f} ({r['drag_iterations']})",
+            f"{c.get('denoise', 0.0):.2f}", f"{r['cpu_total']:.2f}",
+            f"{r['prepare_cpu_total']:.2f}" if "prepare_cpu_total" in r else "–",
+            pressed, ratio,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    scaled = [(r, at_paper_lora_steps(r)) for r in rows]
+    for r, s in scaled:
+        if s is not None and r.get("lora_steps") != s["lora_steps"]:
+            lines.append(
+                f"\n{r['size']} {r['device']} {r['option']}: with the LoRA stage scaled from "
+                f"{r['lora_steps']} to {s['lora_steps']} steps, the first edit is "
+                f"{s['first_edit_cpu_s']:.1f} CPU s and from Drag pressed is "
+                f"{s['pressed_cpu_s']:.1f} CPU s = {s['pressed_ratio']:.3f}× of it"
+            )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -260,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {size} {device} {option.name}: {row['stages']}", file=sys.stderr)
             del engine, pipe
     print(table(rows))
+    print("\nCPU seconds of this process (all threads):\n")
+    print(cpu_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -202,15 +202,41 @@ class SetMethod(QUndoCommand):
 
     def __init__(self, doc: Document, method: str) -> None:
         from backend.methods import with_method_defaults
+        from backend.speed_presets import with_speed
 
         super().__init__(f"Method = {method}")
         self._doc = doc
         self._old = (doc.method, doc.params, doc.lora)
-        self._new = (method, *with_method_defaults(doc.params, doc.lora, method))
+        # The chosen speed preset stays on top of the new method's defaults.
+        params, lora = with_method_defaults(doc.params, doc.lora, method)
+        self._new = (method, *with_speed(params, lora, doc.speed, method))
 
     def _apply(self, method: str, params: DragParams, lora: LoraParams) -> None:
         self._doc.set_params(params, lora)
         self._doc.set_method(method)
+
+    def redo(self) -> None:
+        self._apply(*self._new)
+
+    def undo(self) -> None:
+        self._apply(*self._old)
+
+
+class SetSpeed(QUndoCommand):
+    """Choose a named fast option: the knobs presets touch take its values (``paper``: the
+    method's defaults); the document records its name."""
+
+    def __init__(self, doc: Document, speed: str) -> None:
+        from backend.speed_presets import with_speed
+
+        super().__init__(f"Speed = {speed}")
+        self._doc = doc
+        self._old = (doc.speed, doc.params, doc.lora)
+        self._new = (speed, *with_speed(doc.params, doc.lora, speed, doc.method))
+
+    def _apply(self, speed: str, params: DragParams, lora: LoraParams) -> None:
+        self._doc.set_params(params, lora)
+        self._doc.set_speed(speed)
 
     def redo(self) -> None:
         self._apply(*self._new)

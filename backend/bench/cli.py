@@ -64,8 +64,10 @@ def add_bench_commands(sub: Any) -> dict[str, Handler]:
     )
     bench.add_argument("--no-metrics", action="store_true", help="edit only; score later")
     from backend.method_cli import add_method_args
+    from backend.speed_cli import add_speed_args
 
     add_method_args(bench)
+    add_speed_args(bench)
     _metric_args(bench)
     from backend.server.cli_args import add_server_args
 
@@ -114,7 +116,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest("--limit must be at least 1")
     cases = load_cases(args.data, args.categories, args.limit)
+    from backend.speed_cli import speed_settings
+
     method, base, base_lora, gooddrag = method_settings(args, DragParams(), LoraParams())
+    speed, base, base_lora = speed_settings(args, base, base_lora, method)
     params = bench_params(
         base,
         keep_pixels=args.keep_pixels,
@@ -126,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     lora_over = {"steps": args.lora_steps, "batch_size": args.lora_batch}
     lora = replace(base_lora, **{k: v for k, v in lora_over.items() if v is not None})
     lora.validate()
-    config = BenchConfig(args.model, params, lora, args.device, method, gooddrag)
+    config = BenchConfig(args.model, params, lora, args.device, method, gooddrag, speed)
     log = _log(args.quiet)
     log(f"{len(cases)} cases from {args.data} ({cases[0].fmt}) → {args.out}")
     from backend.server.cli_args import remote_engine

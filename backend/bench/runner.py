@@ -23,6 +23,7 @@ from backend.bench.formats import EDITED_NAME, Case
 from backend.errors import Cancelled, DragStudioError, InvalidRequest
 from backend.methods import PAPER, GoodDragParams
 from backend.request import DragParams, DragRequest, LoraParams, PointPair, params_to_dict
+from backend.speed_presets import PAPER_SPEED
 
 TRACE_NAME = "trace.json"
 FAILED_NAME = "failed.json"
@@ -57,6 +58,7 @@ class BenchConfig:
     device: str = "auto"
     method: str = PAPER
     gooddrag: GoodDragParams = field(default_factory=GoodDragParams)
+    speed: str = PAPER_SPEED
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +69,8 @@ class BenchConfig:
         if self.method != PAPER:  # paper results folders keep the settings they always had
             out["method"] = self.method
             out["gooddrag"] = params_to_dict(self.gooddrag)
+        if self.speed != PAPER_SPEED:  # likewise paper-speed folders
+            out["speed"] = self.speed
         return out
 
 
@@ -138,6 +142,7 @@ def run_edits(
                 model=config.model,
                 method=config.method,
                 gooddrag=config.gooddrag,
+                speed=config.speed,
             )
             result = engine.edit(request)
         except Cancelled:

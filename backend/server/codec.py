@@ -80,7 +80,7 @@ def decode_png(data: bytes, where: str, *, mask: bool = False, max_pixels: int) 
 # -- requests ---------------------------------------------------------------------------------
 
 _REQUEST_REQUIRED = {"image", "pairs", "prompt", "params", "lora", "model"}
-_REQUEST_OPTIONAL = {"mask", "lora_image", "generation", "vae", "method", "gooddrag"}
+_REQUEST_OPTIONAL = {"mask", "lora_image", "generation", "vae", "method", "gooddrag", "speed"}
 _GENERATION_FIELDS = {"prompt", "negative_prompt", "seed", "width", "height", "guidance_scale",
                       "steps"}  # fmt: skip
 
@@ -140,6 +140,8 @@ def request_to_json(request: DragRequest, blobs: dict[str, str]) -> dict[str, An
     if request.method != "paper":
         out["method"] = request.method
         out["gooddrag"] = params_to_dict(request.gooddrag)
+    if request.speed != "paper":  # a label (its overrides are in params and lora)
+        out["speed"] = request.speed
     return out
 
 
@@ -195,6 +197,7 @@ def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
         lora_image=lora_image,
         method=require_str(obj.get("method", "paper"), "request.method", 32),
         gooddrag=_strict_params(GoodDragParams, obj.get("gooddrag", {}), "request.gooddrag"),
+        speed=require_str(obj.get("speed", "paper"), "request.speed", 32),
     )
     request.validate()
     return request
@@ -317,7 +320,7 @@ def trace_from_json(value: Any) -> Trace:
         raise fail("trace", "too large")
     names = {f.name for f in fields(Trace)}
     # Trace.to_dict nests the memory plan and fallback under "memory".
-    optional = {"memory", "method", "gooddrag"}
+    optional = {"memory", "method", "gooddrag", "speed"}
     require_keys(obj, "trace", names - optional - {"memory_plan", "memory_fallback"}, optional)
     memory = dict(require_obj(obj.get("memory", {}), "trace.memory"))
     plan = require_str(memory.pop("plan", "high"), "trace.memory.plan", 20)
@@ -401,4 +404,5 @@ def trace_from_json(value: Any) -> Trace:
         gooddrag=None
         if obj.get("gooddrag") is None
         else require_obj(obj["gooddrag"], "trace.gooddrag"),
+        speed=require_str(obj.get("speed", "paper"), "trace.speed", 32),
     )

@@ -27,8 +27,17 @@ from backend.document import Change, Document, Notice
 from backend.methods import METHODS, SUMMARIES, with_method_defaults
 from backend.params import panel_specs
 from backend.request import DragParams, LoraParams
-from dragstudio.commands import SetMethod, SetParams, SetPrompt
+from backend.speed_presets import PRICES, SPEEDS, with_speed
+from backend.speed_presets import SUMMARIES as SPEED_SUMMARIES
+from dragstudio.commands import SetMethod, SetParams, SetPrompt, SetSpeed
 from dragstudio.panels.fold import Fold
+
+SPEED_LABELS = {name: "Paper (full)" if name == "paper" else name for name in SPEEDS}
+
+
+def speed_note(speed: str) -> str:
+    """One line: what the choice saves and what it costs."""
+    return " ".join(part for part in (SPEED_SUMMARIES[speed], PRICES[speed]) if part)
 
 
 @dataclass(frozen=True)
@@ -124,7 +133,9 @@ class ParametersPanel(QWidget):
             form.addRow(label, spin)
             self.spins[spec.key] = spin
         self.reset_button = QPushButton("Reset to defaults")
-        self.reset_button.setToolTip("Put every parameter back to the chosen method's defaults.")
+        self.reset_button.setToolTip(
+            "Put every parameter back to the chosen method's defaults (with the chosen speed)."
+        )
         self.reset_button.clicked.connect(self.reset_to_defaults)
         form.addRow(self.reset_button)
         self.advanced = Fold("Advanced", form_host)
@@ -144,6 +155,22 @@ class ParametersPanel(QWidget):
         layout.addWidget(QLabel("Method"))
         layout.addWidget(self.method)
         layout.addWidget(self.method_note)
+        layout.addSpacing(6)
+        # Speed: the paper's settings or a named fast option; one line on what it costs.
+        self.speed = QComboBox()
+        self.speed.setObjectName("speed")
+        self.speed.addItems([SPEED_LABELS[name] for name in SPEEDS])
+        self.speed.setToolTip(
+            "Named fast options: fewer or cheaper steps than the paper, at a price in accuracy "
+            "(measured in docs/benchmarks.md)"
+        )
+        self.speed.currentIndexChanged.connect(self._speed_changed)
+        self.speed_note = QLabel()
+        self.speed_note.setObjectName("speedNote")
+        self.speed_note.setWordWrap(True)
+        layout.addWidget(QLabel("Speed"))
+        layout.addWidget(self.speed)
+        layout.addWidget(self.speed_note)
         layout.addSpacing(6)
         layout.addWidget(self.advanced)
 
@@ -181,6 +208,10 @@ class ParametersPanel(QWidget):
         if not self._syncing and METHODS[index] != self._doc.method:
             self._stack.push(SetMethod(self._doc, METHODS[index]))
 
+    def _speed_changed(self, index: int) -> None:
+        if not self._syncing and SPEEDS[index] != self._doc.speed:
+            self._stack.push(SetSpeed(self._doc, SPEEDS[index]))
+
     def _value_changed(self, spec: ParamSpec, value: float) -> None:
         if self._syncing:
             return
@@ -196,6 +227,7 @@ class ParametersPanel(QWidget):
 
     def reset_to_defaults(self) -> None:
         params, lora = with_method_defaults(DragParams(), LoraParams(), self._doc.method)
+        params, lora = with_speed(params, lora, self._doc.speed, self._doc.method)
         if (self._doc.params, self._doc.lora) != (params, lora):
             self._stack.push(SetParams(self._doc, params, lora, "Reset parameters"))
 
@@ -212,6 +244,8 @@ class ParametersPanel(QWidget):
                 self.prompt.setText(self._doc.prompt)
             self.method.setCurrentIndex(METHODS.index(self._doc.method))
             self.method_note.setText(SUMMARIES[self._doc.method])
+            self.speed.setCurrentIndex(SPEEDS.index(self._doc.speed))
+            self.speed_note.setText(speed_note(self._doc.speed))
             for spec in SPECS:
                 spin = self.spins[spec.key]
                 value = spec_value(self._doc, spec)
