@@ -26,8 +26,9 @@ MAX_PIXELS_PER_BYTE = 64
 photo PNG holds about 0.5 pixel per byte, so only crafted (or blank) images come near."""
 MAX_PROJECT_PIXELS = 6_000_000_000
 """All images of a project together (photo and results): a 48 MP photo with 120 results."""
-MAX_PAIRS = 64
-"""Point pairs in one drag: more is a mistake, and each costs a feature lookup per step."""
+MAX_DRAG_PAIRS = 64
+"""Point pairs in one drag (a document or project may hold more, up to MAX_PAIRS): more is a
+mistake, and each costs a feature lookup per step."""
 MAX_HISTORY = 500
 MAX_PAIRS = 1000
 MAX_TEXT = 2000

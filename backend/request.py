@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from backend.errors import InvalidRequest
-from backend.limits import MAX_PAIRS
+from backend.limits import MAX_DRAG_PAIRS
 from backend.methods import PAPER, GoodDragParams, check_method
 from backend.params import DragParams, LoraParams, params_from_dict, params_to_dict
 from backend.speed_presets import PAPER_SPEED, check_speed
@@ -103,8 +103,8 @@ class DragRequest:
             "no point pairs: place at least one handle and its target",
         )
         _check(
-            len(self.pairs) <= MAX_PAIRS,
-            f"too many point pairs ({len(self.pairs)}); {MAX_PAIRS} at most",
+            len(self.pairs) <= MAX_DRAG_PAIRS,
+            f"too many point pairs ({len(self.pairs)}); {MAX_DRAG_PAIRS} at most",
         )
         for n, pair in enumerate(self.pairs, 1):
             for role, (x, y) in (("handle", pair.handle), ("target", pair.target)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend.document import Document
-from backend.limits import MAX_PAIRS
+from backend.limits import MAX_DRAG_PAIRS
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -76,9 +76,9 @@ def drag_blocker(
         return "Click a handle point, then its target, to place a pair."
     if not complete:
         return "Click where the handle should go, to finish the pair."
-    if len(complete) > MAX_PAIRS:
+    if len(complete) > MAX_DRAG_PAIRS:
         return (
-            f"Too many point pairs ({len(complete)}); {MAX_PAIRS} at most: "
+            f"Too many point pairs ({len(complete)}); {MAX_DRAG_PAIRS} at most: "
             "right-click a point to delete its pair, or Undo."
         )
     problem = local_model_problem(model or document.model)

@@ -7,7 +7,7 @@ import pytest
 
 from backend.document import Document, Pair
 from backend.errors import InvalidRequest
-from backend.limits import MAX_PAIRS
+from backend.limits import MAX_DRAG_PAIRS, MAX_PAIRS
 from backend.request import DragRequest, PointPair
 from dragstudio.drag_readiness import drag_blocker
 
@@ -21,14 +21,15 @@ def _document(pairs: int) -> Document:
 
 
 def test_too_many_pairs_is_said_before_drag_is_pressed() -> None:
-    assert drag_blocker(_document(MAX_PAIRS), drag_running=False, model="a/b") == ""
-    reason = drag_blocker(_document(MAX_PAIRS + 1), drag_running=False, model="a/b")
-    assert f"({MAX_PAIRS + 1})" in reason and f"{MAX_PAIRS} at most" in reason
+    assert MAX_DRAG_PAIRS < MAX_PAIRS  # a document may hold more than one drag takes
+    assert drag_blocker(_document(MAX_DRAG_PAIRS), drag_running=False, model="a/b") == ""
+    reason = drag_blocker(_document(MAX_DRAG_PAIRS + 1), drag_running=False, model="a/b")
+    assert f"({MAX_DRAG_PAIRS + 1})" in reason and f"{MAX_DRAG_PAIRS} at most" in reason
 
 
 def test_the_window_and_the_engine_agree_on_the_limit() -> None:
     image = np.zeros((64, 64, 3), np.uint8)
     pair = PointPair((1.0, 1.0), (2.0, 2.0))
-    DragRequest(image=image, pairs=[pair] * MAX_PAIRS).validate()
-    with pytest.raises(InvalidRequest, match=f"{MAX_PAIRS} at most"):
-        DragRequest(image=image, pairs=[pair] * (MAX_PAIRS + 1)).validate()
+    DragRequest(image=image, pairs=[pair] * MAX_DRAG_PAIRS).validate()
+    with pytest.raises(InvalidRequest, match=f"{MAX_DRAG_PAIRS} at most"):
+        DragRequest(image=image, pairs=[pair] * (MAX_DRAG_PAIRS + 1)).validate()

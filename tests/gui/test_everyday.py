@@ -199,6 +199,20 @@ def test_the_reason_drag_cannot_run_is_shown(w: Any, loop: Any, sample_image: Pa
     run_until(loop, lambda: not ui.host.busy)
     assert reason.text() == "" and ui.progress.drag_button.isEnabled()
 
+    # One pair over the limit: said before Drag is pressed; deleting one enables Drag again.
+    from backend.document import Pair
+    from backend.limits import MAX_DRAG_PAIRS
+
+    while len(w.document.complete_pairs) < MAX_DRAG_PAIRS:
+        n = len(w.document.pairs)
+        w.document.add_pair(Pair((float(n % 90), 10.0), (float(n % 90), 90.0)))
+    assert reason.text() == ""
+    click(w.canvas, w.canvas.image_to_view((20.0, 30.0)))  # the last one by hand
+    click(w.canvas, w.canvas.image_to_view((30.0, 30.0)))
+    assert f"{MAX_DRAG_PAIRS} at most" in blocked()
+    w.document.remove_pair(0)
+    assert reason.text() == "" and ui.progress.drag_button.isEnabled()
+
 
 def mean_color(widget: QWidget) -> np.ndarray:
     image = widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB32)
