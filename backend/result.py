@@ -151,3 +151,6 @@ class EditResult:
     trace: Trace
     working_image: np.ndarray | None = field(default=None, repr=False)
     """The decoded result at working resolution, before resizing and compositing."""
+    lora_file: bytes | None = field(default=None, repr=False)
+    """The LoRA the edit used, as a safetensors file, when the engine host attaches it: how a
+    trained LoRA reaches a project without the window reading the shared cache."""

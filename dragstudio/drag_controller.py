@@ -40,6 +40,8 @@ class PendingResult:
     trace: Trace = field(repr=False)
     seconds: float = 0.0
     quality: Quality = Quality.FINAL
+    lora_file: bytes | None = field(default=None, repr=False)
+    """The LoRA the edit used, as the engine host handed it over (None: the host gave none)."""
 
     @property
     def lora_reused(self) -> bool:
@@ -182,7 +184,13 @@ class DragController(QObject):
                 return outcome
             result = outcome.value
             self.pending = PendingResult(
-                result.image, before, request, result.trace, outcome.seconds, self.last_quality
+                result.image,
+                before,
+                request,
+                result.trace,
+                outcome.seconds,
+                self.last_quality,
+                lora_file=getattr(result, "lora_file", None),
             )
             self.resultChanged.emit(self.pending)
             return outcome

@@ -591,10 +591,12 @@ class FileController:
 def _current_lora(
     cache: LoraCache, trained: tuple[str, PendingResult] | None, bundled: BundledLora | None
 ) -> BundledLora | None:
-    """The LoRA of the latest drag (read back from the cache), else the opened project's."""
+    """The LoRA of the latest drag, else the opened project's. The engine host hands the LoRA
+    over with the result; only a host that does not (a remote engine of an older version, a
+    test double) leaves it to be read back from the shared cache."""
     if trained is not None:
         key, pending = trained
-        data = cache.read_bytes(key)
+        data = pending.lora_file if pending.lora_file is not None else cache.read_bytes(key)
         if data is not None:
             return bundle_lora(key, data, pending.request)
     return bundled

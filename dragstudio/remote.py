@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from backend.errors import InvalidRequest
@@ -216,19 +217,30 @@ class RemoteEngineHost(BusyNotifier):
             result = await remote_edit(client, request, emit, retrain_lora=retrain_lora,
                                        lora_file=lora_file, started=started,
                                        memory=self.memory)  # fmt: skip
-            await self._keep_lora(client, result.trace)
-            return result
+            data = await self._keep_lora(client, result.trace)
+            return result if data is None else replace(result, lora_file=data)
 
         return await self._submit(work, listener)
 
-    async def _keep_lora(self, client: Any, trace: Any) -> None:
+    async def _keep_lora(self, client: Any, trace: Any) -> bytes | None:
+        """The server's LoRA for ``trace`` (None if it has none or the download failed), also
+        kept in the local cache so the next remote edit of the photo can send it back."""
         key = trace.lora.key
+        if not isinstance(key, str):
+            return None
         cache = self.lora_cache
-        if cache is None or not isinstance(key, str) or cache.read_bytes(key) is not None:
-            return
-        with contextlib.suppress(Exception):  # a project save then simply bundles no LoRA
-            data = await client.fetch("lora", key)
-            await asyncio.to_thread(cache.put_bytes, key, data)
+        if cache is not None:
+            held = await asyncio.to_thread(cache.read_bytes, key)
+            if held is not None:
+                return bytes(held)
+        try:
+            data = bytes(await client.fetch("lora", key))
+        except Exception:  # a project save then simply bundles no LoRA
+            return None
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(cache.put_bytes, key, data)
+        return data
 
     async def run_generate(
         self, generation: Any, model: str, listener: Listener | None = None

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from backend.cancel import CancelToken
@@ -27,6 +27,7 @@ from backend.errors import Cancelled, DragStudioError, ModelNotFound, VaeNotFoun
 from backend.events import Event, Stage, StageFinished, StageStarted, StepProgress
 from backend.preparation import preparation_key
 from backend.request import DragRequest
+from backend.result import EditResult
 
 
 class CancelTokenLike(Protocol):
@@ -341,7 +342,7 @@ class EngineHost(BusyNotifier):
             use_memory = getattr(engine, "use_memory_setting", None)
             if self.memory is not None and use_memory is not None:
                 use_memory(self.memory)
-            return engine.edit(request, emit, token)
+            return _with_lora_file(engine, engine.edit(request, emit, token))
 
         continues = None if retrain_lora else preparation_key(request)
         return await self._submit(work, listener, continues=continues)
@@ -564,3 +565,14 @@ class EngineHost(BusyNotifier):
         self._futures.add(future)
         future.add_done_callback(self._futures.discard)
         return future
+
+
+def _with_lora_file(engine: Any, result: Any) -> Any:
+    """``result`` with the LoRA it used attached as a file (on the engine thread, where the
+    adapter lives), so a project save never has to read it back from the shared cache."""
+    export = getattr(engine, "export_lora", None)
+    trace = getattr(result, "trace", None)
+    key = getattr(getattr(trace, "lora", None), "key", None)
+    if export is None or not isinstance(key, str) or not isinstance(result, EditResult):
+        return result
+    return replace(result, lora_file=export(key))

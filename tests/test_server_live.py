@@ -193,7 +193,8 @@ def test_the_gui_host_against_the_server_events_previews_cancel_in_each_stage_an
         assert isinstance(events[-1], StageFinished) and events[-1].stage == Stage.DENOISE
         assert first.value.image.shape == photo.shape
         key = first.value.trace.lora.key
-        assert cache.read_bytes(key) is not None  # kept here too, for saving projects
+        assert cache.read_bytes(key) is not None  # kept here too, to send back on re-drags
+        assert first.value.lora_file == cache.read_bytes(key)  # and handed over for projects
 
         for n, stage in enumerate(STAGE_ORDER):
             # A fresh LoRA seed: every stage does real work again.

@@ -152,6 +152,16 @@ def test_drag_accept_undo_and_reuse_the_lora(
     assert "LoRA reused" in w.drag_ui.result_bar.summary.text()
     assert w.failures == []
 
+    # The LoRA reaches a project through the engine host (with the result), not by the window
+    # reading the shared cache: a save still bundles it after the cache entry has gone.
+    fresh = w.drag_ui.controller.pending
+    key = again.value.trace.lora.key
+    assert fresh is not None and isinstance(fresh.lora_file, bytes) and key
+    w.lora_cache.drop(key)
+    assert w.lora_cache.read_bytes(key) is None
+    bundled = w.file_controller.snapshot()().lora
+    assert bundled is not None and bundled.key == key and bundled.data == fresh.lora_file
+
 
 @pytest.mark.parametrize("stage", [Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE])
 def test_cancel_in_each_stage_leaves_the_document_as_it_was(
