@@ -11,8 +11,6 @@ from dataclasses import replace
 from typing import Any
 
 from backend.methods import (
-    GOODDRAG_LORA,
-    GOODDRAG_SHARED,
     METHODS,
     PAPER,
     SUMMARIES,
@@ -20,9 +18,7 @@ from backend.methods import (
     parse_gooddrag,
     with_method_defaults,
 )
-
-# The args attribute of each shared knob's flag (the DragParams/LoraParams field → flag name).
-_FLAGS = {**{k: k for k in GOODDRAG_SHARED}, "lora.steps": "lora_steps"}
+from backend.params import apply_param_flags
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
@@ -56,14 +52,8 @@ def method_settings(
     gd = parse_gooddrag(args.gooddrag, gooddrag or GoodDragParams())
     if args.method is None:
         return method, params, lora, gd
-    given = {k for k, flag in _FLAGS.items() if getattr(args, flag, None) is not None}
-    new_params, new_lora = with_method_defaults(params, lora, method)
-    new_params = replace(
-        new_params, **{k: getattr(params, k) for k in GOODDRAG_SHARED if k in given}
-    )
-    new_lora = replace(
-        new_lora, **{k: getattr(lora, k) for k in GOODDRAG_LORA if f"lora.{k}" in given}
-    )
+    # The method's defaults for the shared knobs, then the user's flags again: flags win.
+    new_params, new_lora = apply_param_flags(args, *with_method_defaults(params, lora, method))
     return method, new_params, new_lora, gd
 
 

@@ -11,15 +11,8 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
+from backend.params import apply_param_flags
 from backend.speed_presets import PAPER_SPEED, PRESETS, SPEEDS, with_speed
-
-# The args attribute of each knob a preset may set (the DragParams/LoraParams field → flag).
-_FLAGS = {
-    "inference_steps": "ddim_steps",
-    "lora.steps": "lora_steps",
-    "lora.learning_rate": "lora_lr",
-    "lora.resolution": "lora_resolution",
-}
 
 
 def add_speed_args(p: argparse.ArgumentParser) -> None:
@@ -42,13 +35,8 @@ def speed_settings(
         chosen = speed  # --method reset the shared knobs: the preset goes back on top
     if chosen is None:
         return speed, params, lora
-    new_params, new_lora = with_speed(params, lora, chosen, method)
-    given = {k for k, flag in _FLAGS.items() if getattr(args, flag, None) is not None}
-    new_params = replace(
-        new_params, **{k: getattr(params, k) for k in ("inference_steps",) if k in given}
-    )
-    kept = {k: getattr(lora, k) for k in ("steps", "learning_rate", "resolution")}
-    new_lora = replace(new_lora, **{k: v for k, v in kept.items() if f"lora.{k}" in given})
+    # The preset's knobs, then the user's flags again: flags win.
+    new_params, new_lora = apply_param_flags(args, *with_speed(params, lora, chosen, method))
     return chosen, new_params, new_lora
 
 

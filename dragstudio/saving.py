@@ -3,11 +3,12 @@
 Encoding a project (PNG-compressing a 12 MP photo and its results) takes seconds; on the GUI
 thread every autosave froze the window for that long. The window now takes a snapshot of the
 document (its arrays are never changed in place, so the snapshot costs references and a mask
-copy) and hands a job to this queue. One daemon thread runs the jobs one after another, so no
-two writers ever touch a file; a job for a file that already has one *waiting* replaces it (the
-newer snapshot wins; the one being written finishes first). Results come back on the GUI
-thread through a queued signal. Files are written atomically (``backend.atomicio``), so a
-process that quits before a job ends leaves the previous file whole.
+copy) and hands a job to this queue. The jobs run one after another, each on a daemon thread
+of its own, so no two writers ever touch a file; a job for a file that already has one
+*waiting* replaces it (the newer snapshot wins; the one being written finishes first).
+Results come back on the GUI thread through a queued signal. Files are written atomically
+(``backend.atomicio``), so a process that quits before a job ends leaves the previous file
+whole.
 """
 
 from __future__ import annotations
