@@ -127,6 +127,26 @@ def unet_output(pipe: Any, emb: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def profile(
+    pipe: Any,
+    emb: torch.Tensor,
+    schedule: Schedule,
+    params: LoraParams,
+    variant: Variant,
+    threads: int,
+    rows: int,
+) -> str:
+    """Where the steps' CPU time goes: ``torch.profiler``'s self CPU time per op (the warm-up
+    step included; run with several steps so it is a small part)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    with profiler(activities=[ProfilerActivity.CPU]) as prof:
+        run(pipe, emb, schedule, params, variant, threads)
+    table: str = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return table
+
+
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
@@ -140,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per run, the first a warm-up")
     p.add_argument("--batch", type=int, default=4, help="LoRA batch (paper: 4)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="instead: profile the first variant at the first thread count and print "
+                        "the ROWS ops with the most self CPU time")  # fmt: skip
     args = p.parse_args(argv)
 
     pipe = build_pipeline(args.size)
@@ -152,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     params = LoraParams(steps=args.steps, batch_size=args.batch)
     variants = [VARIANTS[v] for v in args.variants.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
+    if args.profile:
+        print(profile(pipe, emb, schedule, params, variants[0], threads[0], args.profile))
+        return 0
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in range(args.rounds):
         for n in threads:

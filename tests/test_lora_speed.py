@@ -206,3 +206,15 @@ def test_compile_option_trains_through_torch_compile(
     diff = max(float((state[k] - ref[k]).abs().max()) for k in ref)
     assert diff < 1e-5, diff
     assert torch.allclose(out, ref_out, atol=1e-4)
+
+
+def test_lora_speed_profile_names_where_a_step_goes(pipe, emb) -> None:
+    from benchmarks.lora_speed import VARIANTS, profile
+
+    schedule = Schedule.from_scheduler(pipe.scheduler, 50)
+    table = profile(pipe, emb, schedule, SMALL, VARIANTS["default"], 1, 12)
+    assert "Self CPU" in table
+    assert "aten::convolution" in table or "aten::mkldnn_convolution" in table
+    rows = [line for line in table.splitlines() if line.strip().startswith("aten::")]
+    assert 1 <= len(rows) <= 12
+    assert not any("lora_" in n for n, _ in pipe.unet.named_parameters())  # adapter removed
