@@ -86,6 +86,8 @@ class DragUI:
         self.preparing_label = QLabel("")
         frame.status.addWidget(self.preparing_label)
         self.preparer.statusChanged.connect(self.preparing_label.setText)
+        self._preparation_shown = False
+        """Whether the stage rows show the background preparation (not a job of the window)."""
 
         self.progress = ProgressPanel()
         self.result_bar = ResultBar()
@@ -188,6 +190,11 @@ class DragUI:
         bar.before_button.toggled.connect(self.frame.actions["show_before"].setChecked)
         bar.split.valueChanged.connect(lambda v: canvas.set_split(v / 100.0))
         self._unsubscribe = self.document.subscribe(self._on_document)
+        pr = self.preparer
+        pr.started.connect(lambda: self._show_preparation("started"))
+        pr.eventReceived.connect(lambda event: self._show_preparation("event", event))
+        pr.prepared.connect(lambda _key: self._show_preparation("done"))
+        pr.interrupted.connect(lambda: self._show_preparation("stopped"))
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -287,7 +294,29 @@ class DragUI:
 
     # -- reactions ---------------------------------------------------------------------------
 
+    def _show_preparation(self, what: str, event: object = None) -> None:
+        """The background preparation in the stage rows, quietly: never over a job's rows (a
+        Drag that continues the preparation reports its progress itself)."""
+        if self.controller.busy:
+            self._preparation_shown = False
+            return
+        p = self.progress
+        if what == "started":
+            self._preparation_shown = True
+            p.preparation_started()
+        elif not self._preparation_shown:
+            return
+        elif what == "event":
+            p.preparation_event(event)
+        elif what == "done":
+            p.preparation_done()
+        else:
+            self._preparation_shown = False
+            p.preparation_stopped()
+
     def _busy_changed(self, busy: bool) -> None:
+        if busy:
+            self._preparation_shown = False
         self.progress.set_running(busy)
         if busy:
             self.canvas.set_live_handles(None)

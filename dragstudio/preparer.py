@@ -36,6 +36,12 @@ class Preparer(QObject):
     """One quiet line, e.g. "Preparing · LoRA 34/80"; empty when there is nothing to say."""
     prepared = Signal(str)
     """The key of a finished preparation."""
+    started = Signal()
+    """A preparation began (the progress panel clears its rows for it)."""
+    eventReceived = Signal(object)
+    """Each engine event of the running preparation (stage started, step, stage finished)."""
+    interrupted = Signal()
+    """A preparation stopped without finishing (cancelled, superseded or failed)."""
 
     def __init__(
         self,
@@ -92,6 +98,7 @@ class Preparer(QObject):
         self._timer.stop()
         if self.supported and self.host.cancel_preparation():
             self.statusChanged.emit("")
+            self.interrupted.emit()
 
     def close(self) -> None:
         self.cancel()
@@ -128,6 +135,7 @@ class Preparer(QObject):
 
     async def _run(self, request: DragRequest, key: str) -> Outcome:
         self.statusChanged.emit("Preparing…")
+        self.started.emit()
         outcome = await self.host.prepare(request, self._on_event)
         if outcome.ok:
             self.done_key = key
@@ -137,9 +145,11 @@ class Preparer(QObject):
             failure = outcome.failure
             note = "" if failure is None or failure.cancelled else f": {failure.message}"
             self.statusChanged.emit(f"Not prepared{note}" if note else "")
+            self.interrupted.emit()
         return outcome
 
     def _on_event(self, event: Event) -> None:
+        self.eventReceived.emit(event)
         if isinstance(event, StageStarted) and event.stage in STAGE_NAMES:
             reference = event.detail == RECORDING_REFERENCE  # the inversion stage's second part
             self._part = "reference" if reference else STAGE_NAMES[event.stage]

@@ -167,6 +167,8 @@ class Preparation:
     last_started: Event | None = None
     last_step: Event | None = None
     done: asyncio.Future[Outcome] | None = None
+    model_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the preparation has loaded its model (a Drag waits for that, not for all of it)."""
 
 
 @dataclass
@@ -379,6 +381,9 @@ class EngineHost(BusyNotifier):
         def deliver(event: Event) -> None:
             if token.cancelled:
                 return
+            if isinstance(event, StageFinished) and event.stage == Stage.LOAD:
+                self.loaded_model = request.model
+                prep.model_ready.set()
             if isinstance(event, StageStarted):
                 prep.last_started, prep.last_step = event, None
             elif isinstance(event, StepProgress):
@@ -452,7 +457,15 @@ class EngineHost(BusyNotifier):
             return seconds
 
         prep = self._preparation
-        # The preparation loads this model itself: waiting for it must not cancel it.
+        if prep is not None and prep.model == spec and not prep.token.cancelled:
+            # The preparation loads this model itself: wait for that (not for its LoRA and
+            # inversion, which a Drag continues and shows), and never cancel it.
+            assert prep.done is not None
+            ready = asyncio.ensure_future(prep.model_ready.wait())
+            await asyncio.wait({ready, prep.done}, return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if self.loaded_model == spec:
+                return Outcome(0, 0.0)
         continues = prep.key if prep is not None and prep.model == spec else None
         return await self._submit(work, None, continues=continues)
 

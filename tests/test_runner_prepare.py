@@ -103,6 +103,42 @@ def test_a_drag_during_preparation_continues_it_and_shows_its_progress() -> None
     host.wait_closed()
 
 
+class LoadingEngine(FakeEngine):
+    """Loads its model inside the preparation, as the real engine does on a fresh start."""
+
+    def prepare(self, request: DragRequest, on_event: Any, cancel: Any) -> dict:
+        on_event(StageStarted(Stage.LOAD, 1))
+        time.sleep(self.step_seconds)
+        on_event(StageFinished(Stage.LOAD, self.step_seconds))
+        return super().prepare(request, on_event, cancel)
+
+
+def test_a_drag_pressed_while_preparing_waits_for_the_model_not_the_lora() -> None:
+    """The window loads the model before a Drag; while a preparation loads the same model and
+    then trains, that wait ends when the model is in (so the Drag shows the LoRA's progress),
+    not after the whole preparation (it said "Loading the model" for minutes)."""
+    engine = LoadingEngine(step_seconds=0.1)
+    host = EngineHost(lambda: engine)
+    heard: list = []
+
+    async def scenario() -> tuple[Any, Any]:
+        prep = asyncio.ensure_future(host.prepare(replace(request(), pairs=()), None))
+        await asyncio.sleep(0.01)  # preparing: the model is loading
+        assert host.preparing is not None and host.loaded_model is None
+        loaded = await host.load_model("fake")
+        assert loaded.ok and host.loaded_model == "fake"
+        assert not prep.done() and host.preparing is not None  # it goes on: not cancelled
+        edit = await host.run_edit(request(), lambda _job, e: heard.append(e))
+        return await prep, edit
+
+    prepared, edited = asyncio.run(scenario())
+    assert prepared.ok and edited.ok and edited.value == {"found_prepared": True}
+    assert engine.calls == ["prepare", "edit (prepared)"]  # no separate load, no restart
+    lora_steps = [e.step for e in heard if isinstance(e, StepProgress) and e.stage == Stage.LORA]
+    assert lora_steps and lora_steps[-1] == 4  # the Drag showed the preparation's LoRA
+    host.wait_closed()
+
+
 def test_the_same_key_joins_and_another_key_supersedes() -> None:
     engine = FakeEngine()
     host = EngineHost(lambda: engine)

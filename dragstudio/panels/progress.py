@@ -257,6 +257,34 @@ class ProgressPanel(QWidget):
         done = f"done in {format_seconds(event.seconds)}"
         row.note.setText(f"{row.detail} · {done}" if row.detail else done)
 
+    # -- background preparation (the window shows it only while no job runs) ------------------
+
+    def preparation_started(self) -> None:
+        self.reset()
+        self.status.setText("Preparing in the background…")
+
+    def preparation_event(self, event: object) -> None:
+        """The same captions as a job's rows, under a status line that says it is background
+        work: the user may press Drag at any moment, which continues it."""
+        if isinstance(event, StageStarted):
+            self.stage_started(event)
+        elif isinstance(event, StepProgress):
+            self.step_progress(event)
+        elif isinstance(event, StageFinished):
+            self.stage_finished(event)
+        else:
+            return
+        stage = getattr(event, "stage", None)
+        if stage in STAGE_TITLES:
+            self.status.setText(f"Preparing in the background · {STAGE_TITLES[stage]}")
+
+    def preparation_done(self) -> None:
+        self.status.setText("Prepared: Drag starts at the optimisation.")
+
+    def preparation_stopped(self) -> None:
+        self.reset()
+        self.status.setText("")
+
     def show_preview(self, image: object) -> None:
         qimage = rgb_to_qimage(image)  # type: ignore[arg-type]
         pixmap = QPixmap.fromImage(qimage).scaled(

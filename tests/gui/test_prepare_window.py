@@ -77,6 +77,11 @@ def test_drag_after_preparation_skips_lora_and_inversion(
     assert any(s.startswith("Preparing · reference 1/") for s in statuses)
     assert w.drag_ui.preparing_label.text() == "Ready to drag"
     assert not w.drag_ui.controller.busy  # preparing is not a running job: the window stays free
+    # The stage rows showed it too, quietly, and say the LoRA and the inversion are done.
+    panel = w.drag_ui.progress
+    assert panel.status.text() == "Prepared: Drag starts at the optimisation."
+    assert "done in" in panel.note(Stage.LORA) and "done in" in panel.note(Stage.INVERSION)
+    assert panel.note(Stage.DRAG) == "" and panel.note(Stage.DENOISE) == ""
 
     for p in ((60.0, 96.0), (100.0, 96.0)):  # points never restart a preparation
         click(w.canvas, w.canvas.image_to_view(p))
@@ -112,8 +117,12 @@ def test_switching_photos_cancels_the_running_preparation(
     run_until(loop, lambda: any(s.startswith("Preparing · LoRA 1/") for s in statuses), 240)
     first = host.preparing
     assert first is not None
+    panel = w.drag_ui.progress
+    run_until(loop, lambda: " / 500" in panel.note(Stage.LORA), 30)
+    assert panel.status.text() == "Preparing in the background · LoRA fine-tuning"
     assert w.open_path(photo(tmp_path / "b.png", 3))  # another photo: cancelled at once
     assert host.preparing is None
+    assert panel.note(Stage.LORA) == ""  # the old photo's progress is gone
     outcome = loop.run_until_complete(asyncio.wait_for(task, 60))
     assert outcome.failure is not None and outcome.failure.cancelled
     # The engine stopped within a step or so, far before the 500 asked for.
