@@ -301,12 +301,16 @@ class DragUI:
             self._preparation_shown = False
             return
         p = self.progress
+        task = self.preparer.task
         if what == "started":
             self._preparation_shown = True
             p.preparation_started()
-        elif not self._preparation_shown:
             return
-        elif what == "event":
+        if not self._preparation_shown:
+            if what != "event" or task is None or task.done():
+                return
+            self._preparation_shown = True  # a Drag that continued it was cancelled: it goes on
+        if what == "event":
             p.preparation_event(event)
         elif what == "done":
             p.preparation_done()

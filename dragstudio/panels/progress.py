@@ -82,6 +82,10 @@ class _Row:
     started: float = 0.0
     total: int = 0
     detail: str = ""
+    base_step: int = 0
+    """The pace counts from this step (and ``started``): 0, or the step at which this row
+    joined a stage already under way (a Drag continuing a background preparation)."""
+    stepped: bool = False
 
 
 class ProgressPanel(QWidget):
@@ -198,6 +202,7 @@ class ProgressPanel(QWidget):
             row.bar.setValue(0)
             row.note.setText("")
             row.detail = ""
+            row.base_step, row.stepped = 0, False
         self.preview.clear()
         self.preview.setVisible(False)
         self.previews_shown = 0
@@ -226,6 +231,7 @@ class ProgressPanel(QWidget):
         row.started = time.perf_counter()
         row.total = event.total
         row.detail = event.detail
+        row.base_step, row.stepped = 0, False
         # Busy until the first step arrives: a first step can take a while (warm-up, CPU).
         row.bar.setRange(0, 0)
         row.note.setText(event.detail or (f"0 / {event.total}" if event.total else ""))
@@ -236,10 +242,16 @@ class ProgressPanel(QWidget):
         total = event.total or row.total
         row.bar.setRange(0, max(total, 1))
         row.bar.setValue(min(event.step, max(total, 1)))
-        elapsed = time.perf_counter() - row.started
+        now = time.perf_counter()
+        if not row.stepped:
+            row.stepped = True
+            if event.step > 1:  # joined under way: its earlier steps' time is unknown here
+                row.base_step, row.started = event.step, now
+        done = event.step - row.base_step
         parts = [f"{event.step} / {total}"]
-        if event.step and total > event.step:
-            parts.append(f"{format_seconds(elapsed / event.step * (total - event.step))} left")
+        if done > 0 and total > event.step:
+            left = (now - row.started) / done * (total - event.step)
+            parts.append(f"{format_seconds(left)} left")
         if event.loss is not None:
             parts.append(f"loss {event.loss:.3g}")
         # The stage's detail ("fine-tuning LoRA") was the bar's text until the first step; the

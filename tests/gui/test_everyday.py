@@ -293,6 +293,28 @@ def test_progress_bars_are_readable_and_busy_before_the_first_step(w: Any) -> No
     assert (bar.maximum(), bar.value()) == (80, 1)
 
 
+def test_time_left_counts_only_steps_this_row_saw(w: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Drag that continues a background preparation joins its LoRA at, say, step 5 of 80:
+    the time left comes from the steps seen since, not from 5 steps in no time."""
+    import dragstudio.panels.progress as progress_module
+
+    clock = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    progress = w.drag_ui.progress
+    progress.set_running(True)
+    progress.stage_started(StageStarted(Stage.LORA, 80))  # the catch-up: already under way
+    progress.step_progress(StepProgress(Stage.LORA, 5, 80))
+    assert progress.note(Stage.LORA) == "5 / 80"  # no guess from one sighting
+    clock[0] += 2.0
+    progress.step_progress(StepProgress(Stage.LORA, 6, 80))
+    assert progress.note(Stage.LORA) == "6 / 80 · 2 min 28 s left"  # 2 s a step × 74
+    # A stage seen from its start still estimates from its first step.
+    progress.stage_started(StageStarted(Stage.INVERSION, 35))
+    clock[0] += 0.5
+    progress.step_progress(StepProgress(Stage.INVERSION, 1, 35))
+    assert progress.note(Stage.INVERSION) == "1 / 35 · 17 s left"
+
+
 def test_first_window_fits_the_screen(qtbot: Any, settings: QSettings) -> None:
     from dragstudio.main_window import MainWindow
 

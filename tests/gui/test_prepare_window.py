@@ -152,3 +152,30 @@ def test_a_model_not_on_this_computer_is_not_prepared(
     assert w.drag_ui.preparer.start_now() is None
     assert w.drag_ui.host.preparing is None
     assert w.drag_ui.preparing_label.text() == ""
+
+
+def test_a_drag_during_preparation_shows_it_and_after_a_cancel_the_rows_follow_it_again(
+    prepared_window: Any, qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    w = prepared_window
+    host, preparer, panel = w.drag_ui.host, w.drag_ui.preparer, w.drag_ui.progress
+    assert w.open_path(photo(tmp_path / "a.png", 4))
+    small(w, tiny_model_dir, lora_steps=500)
+    for p in ((60.0, 96.0), (100.0, 96.0)):
+        click(w.canvas, w.canvas.image_to_view(p))
+    run_until(loop, lambda: " / 500" in panel.note(Stage.LORA), 240)  # preparing, shown
+    first = host.preparing
+
+    w.drag_ui.progress.drag_button.click()  # joins: the rows show the same LoRA
+    run_until(loop, lambda: w.drag_ui.controller.busy, 10)
+    run_until(loop, lambda: " / 500" in panel.note(Stage.LORA), 60)
+    assert panel.status.text() == "LoRA fine-tuning…"
+    assert host.preparing == first  # continued, not restarted
+
+    w.drag_ui.cancel()
+    run_until(loop, lambda: not w.drag_ui.controller.busy, 30)
+    assert host.preparing == first  # cancelling the drag leaves the preparation running
+    run_until(loop, lambda: " / 500" in panel.note(Stage.LORA), 60)
+    assert panel.status.text() == "Preparing in the background · LoRA fine-tuning"
+    preparer.cancel()
+    assert panel.note(Stage.LORA) == ""
