@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
@@ -170,6 +170,49 @@ class Preparation:
     model_ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the preparation has loaded its model (a Drag waits for that, not for all of it)."""
 
+    def deliver(self, event: Event) -> None:
+        """On the loop's thread: hand an event to the listeners, remembering the last stage and
+        step so a job that joins later starts from where the preparation is."""
+        if self.token.cancelled:
+            return
+        if isinstance(event, StageFinished) and event.stage == Stage.LOAD:
+            self.model_ready.set()
+        if isinstance(event, StageStarted):
+            self.last_started, self.last_step = event, None
+        elif isinstance(event, StepProgress):
+            self.last_step = event
+        for each in list(self.listeners):
+            each(event)
+
+    def follow(self, deliver: Callable[[Event], None]) -> Callable[[Event], None]:
+        """Show this preparation's progress through ``deliver`` of a job that continues it:
+        where it is now, then each event. Returns the filter for the job's own events, which
+        drops the stages the preparation showed (the job's 0-step "reusing" would repeat them).
+        """
+        shown: set[Any] = set()
+
+        def own(event: Event) -> None:
+            if shown and not self.token.cancelled:
+                stage = getattr(event, "stage", None)
+                if stage in shown or stage == Stage.LOAD:
+                    return
+            deliver(event)
+
+        def follow(event: Event) -> None:
+            if isinstance(event, StageStarted):
+                if not shown and event.stage != Stage.LOAD:
+                    # The model was loaded for the preparation: say so first, in order.
+                    deliver(StageStarted(Stage.LOAD, 1, "loaded for the preparation"))
+                    deliver(StageFinished(Stage.LOAD, 0.0))
+                shown.add(event.stage)
+            deliver(event)
+
+        for event in (self.last_started, self.last_step):  # catch up, then follow
+            if event is not None:
+                follow(event)
+        self.listeners.append(follow)
+        return own
+
 
 @dataclass
 class Outcome:
@@ -211,7 +254,91 @@ class BusyNotifier:
             listener(busy)
 
 
-class EngineHost(BusyNotifier):
+CANCELLED = Failure("Cancelled.", cancelled=True)
+
+
+class PreparationSlot:
+    """A host's one background preparation (shared by the local and the remote host): the same
+    key joins it, another key supersedes it, :meth:`cancel_preparation` stops it. It is never
+    the host's current job."""
+
+    _preparation: Preparation | None = None
+    _ids: Iterator[int]
+
+    @property
+    def supports_preparation(self) -> bool:
+        """Whether :meth:`prepare` does anything here (the window leaves a host alone if not)."""
+        return True
+
+    @property
+    def preparing(self) -> str | None:
+        """Key of the background preparation that runs now, if any."""
+        prep = self._preparation
+        return prep.key if prep is not None and not prep.token.cancelled else None
+
+    def cancel_preparation(self) -> bool:
+        """Stop the background preparation at its next step. False if none was running."""
+        prep, self._preparation = self._preparation, None
+        if prep is None or prep.token.cancelled:
+            return False
+        prep.token.cancel()
+        return True
+
+    def _continue_or_cancel_preparation(
+        self,
+        continues: str | None,
+        listener: Any,
+        deliver: Callable[[Event], None],
+    ) -> Callable[[Event], None]:
+        """Before another job on the engine: the running preparation is cancelled, since it
+        would delay the job, unless the job continues it (``continues`` is its key) and so waits
+        for it, showing its progress through ``deliver`` when it has a ``listener``. Returns
+        the filter for the job's own events."""
+        prep = self._preparation
+        if prep is not None and (continues is None or continues != prep.key):
+            self.cancel_preparation()
+        elif prep is not None and listener is not None:
+            return prep.follow(deliver)
+        return deliver
+
+    async def _prepare_once(
+        self,
+        request: DragRequest,
+        listener: Callable[[Event], None] | None,
+        make_token: TokenFactory,
+        run: Callable[[Preparation], Awaitable[Outcome]],
+    ) -> Outcome:
+        """Join a running preparation of ``request``'s key, or supersede it with a new one that
+        ``run`` carries out (feeding :meth:`Preparation.deliver`)."""
+        key = preparation_key(request)
+        if key is None:
+            return Outcome(0, {"prepared": False})
+        running = self._preparation
+        if running is not None and running.key == key and not running.token.cancelled:
+            if listener is not None:
+                running.listeners.append(listener)
+            assert running.done is not None
+            return await asyncio.shield(running.done)
+        self.cancel_preparation()
+        prep = Preparation(next(self._ids), key, request.model, make_token())
+        if listener is not None:
+            prep.listeners.append(listener)
+        prep.done = asyncio.get_running_loop().create_future()
+        self._preparation = prep
+        outcome = Outcome(prep.job_id, failure=CANCELLED)
+        try:
+            outcome = await run(prep)
+            if prep.token.cancelled and outcome.failure is None:
+                outcome = replace(outcome, failure=CANCELLED)
+        finally:
+            if self._preparation is prep:
+                self._preparation = None
+            if not prep.done.done():
+                prep.done.set_result(outcome)  # joiners hear how it ended, even if cancelled
+        return outcome
+
+
+class EngineHost(BusyNotifier, PreparationSlot):
     """Owns the engine thread, the engine on it, job ids and cancel tokens."""
 
     def __init__(
@@ -271,20 +398,6 @@ class EngineHost(BusyNotifier):
         _, token, stopped = self._current
         token.cancel()
         stopped.set()
-        return True
-
-    @property
-    def preparing(self) -> str | None:
-        """Key of the background preparation that runs now, if any."""
-        prep = self._preparation
-        return prep.key if prep is not None and not prep.token.cancelled else None
-
-    def cancel_preparation(self) -> bool:
-        """Stop the background preparation at its next step. False if none was running."""
-        prep, self._preparation = self._preparation, None
-        if prep is None or prep.token.cancelled:
-            return False
-        prep.token.cancel()
         return True
 
     def shutdown(self) -> None:
@@ -360,63 +473,35 @@ class EngineHost(BusyNotifier):
         It is never the host's current job: :attr:`busy` stays False and :meth:`cancel` leaves
         it alone (:meth:`cancel_preparation` stops it).
         """
-        key = preparation_key(request)
-        if key is None:
-            return Outcome(0, {"prepared": False})
-        running = self._preparation
-        if running is not None and running.key == key and not running.token.cancelled:
-            if listener is not None:
-                running.listeners.append(listener)
-            assert running.done is not None
-            return await asyncio.shield(running.done)
-        self.cancel_preparation()
-        loop = asyncio.get_running_loop()
-        token = self._token_factory()
-        prep = Preparation(next(self._ids), key, request.model, token)
-        if listener is not None:
-            prep.listeners.append(listener)
-        prep.done = loop.create_future()
-        self._preparation = prep
 
-        def deliver(event: Event) -> None:
-            if token.cancelled:
-                return
-            if isinstance(event, StageFinished) and event.stage == Stage.LOAD:
+        async def run(prep: Preparation) -> Outcome:
+            loop = asyncio.get_running_loop()
+
+            def on_loop(event: Event) -> None:
+                loaded = isinstance(event, StageFinished) and event.stage == Stage.LOAD
+                if loaded and not prep.token.cancelled:
+                    self.loaded_model = request.model  # a Drag waits for this, not for all
+                prep.deliver(event)
+
+            def emit(event: Event) -> None:  # on the engine thread
+                if not prep.token.cancelled:
+                    loop.call_soon_threadsafe(on_loop, event)
+
+            def work(engine: Any, tok: CancelTokenLike, on_event: Callable[[Event], None]) -> Any:
+                value = engine.prepare(request, on_event, tok)
                 self.loaded_model = request.model
-                prep.model_ready.set()
-            if isinstance(event, StageStarted):
-                prep.last_started, prep.last_step = event, None
-            elif isinstance(event, StepProgress):
-                prep.last_step = event
-            for each in list(prep.listeners):
-                each(event)
+                return value
 
-        def emit(event: Event) -> None:  # on the engine thread
-            if not token.cancelled:
-                loop.call_soon_threadsafe(deliver, event)
+            future = self._execute(work, prep.token, emit, need_engine=True)
+            try:
+                value, failure, seconds = await asyncio.wrap_future(future, loop=loop)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this coroutine itself was cancelled
+                return Outcome(prep.job_id, failure=CANCELLED)  # dropped unstarted (shutdown)
+            return Outcome(prep.job_id, value, failure, seconds)
 
-        def work(engine: Any, tok: CancelTokenLike, on_event: Callable[[Event], None]) -> Any:
-            value = engine.prepare(request, on_event, tok)
-            self.loaded_model = request.model
-            return value
-
-        future = self._execute(work, token, emit, need_engine=True)
-        outcome = Outcome(prep.job_id, failure=Failure("Cancelled.", cancelled=True))
-        try:
-            value, failure, seconds = await asyncio.wrap_future(future, loop=loop)
-            if token.cancelled and failure is None:
-                failure = Failure("Cancelled.", cancelled=True)
-            outcome = Outcome(prep.job_id, value, failure, seconds)
-        except asyncio.CancelledError:
-            if not future.cancelled():
-                raise  # this coroutine itself was cancelled
-            # The executor dropped it unstarted (shutdown): it was cancelled.
-        finally:
-            if self._preparation is prep:
-                self._preparation = None
-            if not prep.done.done():
-                prep.done.set_result(outcome)  # joiners hear how it ended, even if cancelled
-        return outcome
+        return await self._prepare_once(request, listener, self._token_factory, run)
 
     def _use_document_lora(self, engine: Any, bundled: Any, request: DragRequest) -> None:
         """On the engine thread: a document's LoRA goes into the engine's memory for its own
@@ -495,38 +580,11 @@ class EngineHost(BusyNotifier):
             if listener is not None and self.current_job == job_id and not token.cancelled:
                 listener(job_id, event)
 
-        shown: set[Any] = set()
-        """Stages this job showed from the preparation it continues."""
-
-        def own(event: Event) -> None:  # the job's own events, on the loop thread
-            if shown and prep is not None and not prep.token.cancelled:
-                stage = getattr(event, "stage", None)
-                if stage in shown or stage == Stage.LOAD:
-                    return  # the preparation showed it; its 0-step "reusing" would repeat it
-            deliver(event)
+        own = self._continue_or_cancel_preparation(continues, listener, deliver)
 
         def emit(event: Event) -> None:  # on the engine thread
             if not token.cancelled:
                 loop.call_soon_threadsafe(own, event)
-
-        prep = self._preparation
-        if prep is not None and (continues is None or continues != prep.key):
-            self.cancel_preparation()  # it would delay this job
-        elif prep is not None and listener is not None:
-
-            def follow(event: Event) -> None:
-                if isinstance(event, StageStarted):
-                    if not shown and event.stage != Stage.LOAD:
-                        # The model was loaded for the preparation: say so first, in order.
-                        deliver(StageStarted(Stage.LOAD, 1, "loaded for the preparation"))
-                        deliver(StageFinished(Stage.LOAD, 0.0))
-                    shown.add(event.stage)
-                deliver(event)
-
-            for event in (prep.last_started, prep.last_step):  # catch up, then follow
-                if event is not None:
-                    follow(event)
-            prep.listeners.append(follow)
 
         future = self._execute(work, token, emit, need_engine=need_engine)
         wrapped = asyncio.wrap_future(future, loop=loop)
@@ -539,7 +597,7 @@ class EngineHost(BusyNotifier):
                 self._set_current(None)
         if not wrapped.done() or token.cancelled:
             wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
-            return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))
+            return Outcome(job_id, failure=CANCELLED)
         value, failure, seconds = wrapped.result()
         return Outcome(job_id, value, failure, seconds)
 
