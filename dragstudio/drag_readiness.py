@@ -61,9 +61,16 @@ def hub_model_cached(repo_id: str) -> bool:
 
 
 def drag_blocker(
-    document: Document, *, drag_running: bool, other_job: str = "", model: str = ""
+    document: Document,
+    *,
+    drag_running: bool,
+    other_job: str = "",
+    model: str = "",
+    on_server: bool = False,
 ) -> str:
-    """Why Drag cannot start now, or "" when it can (or when it is running: then it cancels)."""
+    """Why Drag cannot start now, or "" when it can (or when it is running: then it cancels).
+
+    ``on_server``: the engine is a server, whose model names are its own, not paths here."""
     if drag_running:
         return ""
     if not document.has_image:
@@ -81,7 +88,7 @@ def drag_blocker(
             f"Too many point pairs ({len(complete)}); {MAX_DRAG_PAIRS} at most: "
             "right-click a point to delete its pair, or Undo."
         )
-    problem = local_model_problem(model or document.model)
+    problem = "" if on_server else local_model_problem(model or document.model)
     if problem:
         return f"Cannot drag: {problem}. Choose a model folder or checkpoint below."
     return ""

@@ -400,7 +400,10 @@ class DragUI:
     def blocker(self) -> str:
         """Why Drag cannot run now ("" when it can, or when it runs and so can be cancelled)."""
         other = self.other_job() if not self.controller.busy and self.host.busy else ""
-        return drag_blocker(self.document, drag_running=self.controller.busy, other_job=other)
+        on_server = not isinstance(self.host, EngineHost)  # its model names are not paths here
+        return drag_blocker(
+            self.document, drag_running=self.controller.busy, other_job=other, on_server=on_server
+        )
 
     def update_enabled(self) -> None:
         busy, actions = self.controller.busy, self.frame.actions

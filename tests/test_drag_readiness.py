@@ -27,6 +27,12 @@ def test_too_many_pairs_is_said_before_drag_is_pressed() -> None:
     assert f"({MAX_DRAG_PAIRS + 1})" in reason and f"{MAX_DRAG_PAIRS} at most" in reason
 
 
+def test_a_servers_model_name_is_not_checked_as_a_path_here() -> None:
+    """ "sd15" on a server is its allow-listed name; only this computer's engine needs it here."""
+    assert "not on disk" in drag_blocker(_document(1), drag_running=False, model="sd15")
+    assert drag_blocker(_document(1), drag_running=False, model="sd15", on_server=True) == ""
+
+
 def test_the_window_and_the_engine_agree_on_the_limit() -> None:
     image = np.zeros((64, 64, 3), np.uint8)
     pair = PointPair((1.0, 1.0), (2.0, 2.0))
