@@ -50,6 +50,17 @@ def engine(tiny_model_dir: Path):
     return eng
 
 
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real engine server on 127.0.0.1 with the tiny model, one per test module
+    (``tests/server_helpers.py``)."""
+    pytest.importorskip("websockets")
+    from tests.server_helpers import ThreadServer
+
+    with ThreadServer(tiny_model_dir, tmp_path_factory.mktemp("server")) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def dev_data() -> Path:
     if not DEV_DATA.is_dir():

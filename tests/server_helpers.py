@@ -20,6 +20,20 @@ from backend.request import DragParams, DragRequest, LoraParams, PointPair
 TOKEN = "test-token-0123456789abcdef"
 
 
+def run(coro: Any) -> Any:
+    """Run a client coroutine to its end on a fresh event loop (10 minutes at most)."""
+    return asyncio.run(asyncio.wait_for(coro, 600))
+
+
+async def connected(url: str, token: str = TOKEN) -> Any:
+    """A :class:`~backend.server.client.ServerClient` that has shaken hands with ``url``."""
+    from backend.server.client import ServerClient
+
+    client = ServerClient(url, token)
+    await client.connect()
+    return client
+
+
 class ThreadServer:
     """``with ThreadServer(models, cache) as s:`` → ``s.url``; closes (and joins) on exit."""
 

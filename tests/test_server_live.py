@@ -22,33 +22,16 @@ from backend.server.client import (
     ConnectionLost,
     JobFailed,
     RemoteError,
-    ServerClient,
     ServerRefused,
     remote_edit,
 )
 from backend.server.codec import request_to_json, sha256, upload_parts
 from dragstudio.remote import RemoteEngineHost
-from tests.server_helpers import TOKEN, ThreadServer, tiny_request
+from tests.server_helpers import TOKEN, ThreadServer, connected, run, tiny_request
 
 pytest.importorskip("websockets")
 
 STAGE_ORDER = (Stage.LOAD, Stage.LORA, Stage.INVERSION, Stage.DRAG, Stage.DENOISE)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    with ThreadServer(tiny_model_dir, tmp_path_factory.mktemp("server")) as s:
-        yield s
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 600))
-
-
-async def connected(url: str, token: str = TOKEN) -> ServerClient:
-    client = ServerClient(url, token)
-    await client.connect()
-    return client
 
 
 def test_a_wrong_token_and_another_protocol_version_are_refused(server: ThreadServer) -> None:

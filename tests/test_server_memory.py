@@ -3,7 +3,6 @@ GUI's remote host, the CLI, and the strict codec's refusals."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,9 @@ from backend.server import protocol
 from backend.server.client import RemoteError, ServerClient, remote_edit
 from backend.server.codec import request_to_json, sha256, upload_parts
 from dragstudio.remote import RemoteEngineHost
-from tests.server_helpers import TOKEN, ThreadServer, tiny_request
+from tests.server_helpers import TOKEN, ThreadServer, run, tiny_request
 
 pytest.importorskip("websockets")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    with ThreadServer(tiny_model_dir, tmp_path_factory.mktemp("server")) as s:
-        yield s
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 600))
 
 
 def _engine_settings(server: ThreadServer) -> list[str]:

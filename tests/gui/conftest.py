@@ -69,13 +69,20 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """A qasync event loop for tests that await engine jobs.
 
     It is not closed: an engine thread still finishing a cancelled job may post to it later,
-    and posting to a closed qasync loop crashes Qt (seen as a segfault in a later test).
+    and posting to a closed qasync loop crashes Qt (seen as a segfault in a later test). Its
+    default executor (``asyncio.to_thread``, used by the remote host) is a plain thread pool:
+    qasync's own would leave QThreads running at exit, which aborts the process.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import qasync
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
     event_loop = qasync.QEventLoop(app)
+    executor = ThreadPoolExecutor(thread_name_prefix="test-loop")
+    event_loop.set_default_executor(executor)
     asyncio.set_event_loop(event_loop)
     yield event_loop
     asyncio.set_event_loop(None)
+    executor.shutdown(wait=False, cancel_futures=True)
