@@ -3,6 +3,7 @@
 One :class:`~backend.server.workers.EngineWorker` per device; each client connection is a
 session bound to one of them (its LoRA and latents stay warm there) and owns its uploads, jobs
 and results. Only the session that submitted a job can see it, cancel it or fetch its result.
+A session has at most one background preparation: a new one supersedes it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from backend import __version__
 from backend.errors import DragStudioError, InvalidRequest
 from backend.events import Event
+from backend.preparation import preparation_key
 from backend.server.auth import bearer, default_token_file, load_or_create_token, token_matches
 from backend.server.blobs import BlobStore, RateLimit
 from backend.server.codec import (
@@ -254,16 +256,14 @@ class Server:
             blob_kind = require_str(h["kind"], "upload.kind", 20)
             await asyncio.to_thread(s.blobs.add, blob_kind, digest, payload)
             s.post({"type": "ok", "id": h["id"], "sha256": digest})
-        elif kind in ("edit", "generate"):
-            self._submit(s, h)
+        elif kind in ("edit", "generate", "prepare"):
+            await self._submit(s, h)
         elif kind == "cancel":
             require_keys(h, "cancel", {"type", "id", "job"}, set())
             job = s.jobs.get(require_int(h["job"], "cancel.job", 0, 2**53))
             if job is None:
                 raise ProtocolError(NOT_FOUND, "no such job of yours (it may have finished)")
-            job.token.cancel()
-            if s.worker.queue.remove(job):
-                self._ended(s, job, None, {"kind": "cancelled", "message": "Cancelled."})
+            self._cancel(s, job)
             s.post({"type": "ok", "id": h["id"], "job": job.id})
         elif kind == "fetch":
             require_keys(h, "fetch", {"type", "id", "kind", "ref"}, set())
@@ -299,10 +299,19 @@ class Server:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def _submit(self, s: Session, h: dict[str, Any]) -> None:
+    def _cancel(self, s: Session, job: Job) -> None:
+        """A queued job ends at once, a running one at the engine's next step check."""
+        job.token.cancel()
+        if s.worker.queue.remove(job):
+            self._ended(s, job, None, {"kind": "cancelled", "message": "Cancelled."})
+
+    async def _submit(self, s: Session, h: dict[str, Any]) -> None:
         kind = h["type"]
         if kind == "edit":
             require_keys(h, "edit", {"type", "id", "request"}, {"retrain_lora", "lora", "memory"})
+            model = h["request"].get("model") if isinstance(h["request"], dict) else None
+        elif kind == "prepare":
+            require_keys(h, "prepare", {"type", "id", "request"}, {"memory"})
             model = h["request"].get("model") if isinstance(h["request"], dict) else None
         else:
             require_keys(h, "generate", {"type", "id", "generation", "model"}, set())
@@ -311,11 +320,13 @@ class Server:
             raise ProtocolError(MODEL_NOT_ALLOWED, f"this server does not offer the model "
                                 f"{str(model)[:200]!r}; it offers: "
                                 f"{', '.join(sorted(self.config.models)) or 'none'}")  # fmt: skip
-        if kind == "edit" and h["request"].get("vae") is not None:
+        if kind != "generate" and h["request"].get("vae") is not None:
             # Models are the operator's choice; a client's VAE would be a path on this machine.
             raise ProtocolError(MODEL_NOT_ALLOWED, "this server uses each model's own VAE; "
                                 "clear the VAE choice to edit here")  # fmt: skip
-        if len(s.jobs) >= self.limits.max_queued_jobs:
+        # A new preparation replaces the session's older one: that one does not count.
+        older = [j for j in s.jobs.values() if j.kind == "prepare"] if kind == "prepare" else []
+        if len(s.jobs) - len(older) >= self.limits.max_queued_jobs:
             raise ProtocolError(QUEUE_FULL, f"you have {len(s.jobs)} jobs waiting; at most "
                                 f"{self.limits.max_queued_jobs}")  # fmt: skip
         s.job_rate.take("jobs")
@@ -323,16 +334,33 @@ class Server:
         if kind == "edit":
             request = request_from_json(h["request"], s.blobs.get)
             lora = h.get("lora")
+            retrain = require_bool(h.get("retrain_lora", False), "edit.retrain_lora")
             job = Job(
                 s,
                 "edit",
                 model,
                 spec,
                 request=request,
-                retrain_lora=require_bool(h.get("retrain_lora", False), "edit.retrain_lora"),
+                retrain_lora=retrain,
                 lora_file=None if lora is None else s.blobs.get("lora", require_sha(lora, "lora")),
                 memory=require_memory_plan(h.get("memory", "auto"), "edit.memory"),
+                # An edit that retrains replaces what a preparation would give it.
+                key=None if retrain else await asyncio.to_thread(preparation_key, request),
             )
+        elif kind == "prepare":
+            request = request_from_json(h["request"], s.blobs.get, require_pairs=False)
+            job = Job(
+                s,
+                "prepare",
+                model,
+                spec,
+                request=request,
+                memory=require_memory_plan(h.get("memory", "auto"), "prepare.memory"),
+                key=await asyncio.to_thread(preparation_key, request),
+            )
+            for old in older:
+                if old.id in s.jobs:
+                    self._cancel(s, old)
         else:
             generation = generation_from_json(h["generation"], "generation")
             job = Job(s, "generate", model, spec, generation=generation)
@@ -351,7 +379,7 @@ class Server:
 
         job.on_event, job.on_end = on_event, on_end
         s.jobs[job.id] = job
-        s.worker.queue.put(job)
+        s.worker.submit(job)
         position = s.worker.queue.position(job)
         s.post({"type": "ok", "id": h["id"], "job": job.id, "position": max(position, 0)})
 
@@ -363,6 +391,9 @@ class Server:
             return
         if outcome is None:
             s.post({"type": "failed", "job": job.id, "failure": failure})
+            return
+        if job.kind == "prepare":  # what was done, no image: the caches hold the work
+            s.post({"type": "done", "job": job.id, **outcome})
             return
         png = outcome["image"]
         digest = sha256(png)

@@ -3,8 +3,9 @@
 :class:`ServerClient` speaks the protocol on the caller's event loop (the GUI's qasync loop or a
 private one). :func:`remote_edit` and :func:`remote_generate` upload what a job needs (each blob
 once per connection, by content hash), submit it, relay its typed events, and fetch the result
-by hash. :class:`RemoteEngine` wraps them behind the local engine's blocking ``edit`` and
-``generate`` for ``dragstudio-cli --server``. torch is never imported here.
+by hash; :func:`remote_prepare` prepares a photo in the background (feature ``prepare``).
+:class:`RemoteEngine` wraps them behind the local engine's blocking ``edit`` and ``generate`` for
+``dragstudio-cli --server``. torch is never imported here.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from backend.server.protocol import (
     Limits,
     ProtocolError,
     pack,
+    require_bool,
     require_int,
     require_memory_plan,
     require_obj,
@@ -264,7 +266,7 @@ class ServerClient:
                 RemoteError(str(header.get("code")), str(header.get("message", ""))[:4000])
             )
             return
-        if sent in ("edit", "generate"):
+        if sent in ("edit", "generate", "prepare"):
             job_id = require_int(header.get("job"), "job", 0, 2**53)
             self._jobs[job_id] = RemoteJob(job_id)  # before any of its events is read
         future.set_result((header, payload))
@@ -336,6 +338,66 @@ async def _upload_all(client: ServerClient, parts: dict[str, tuple[str, bytes]])
     return blobs
 
 
+async def _request_header(
+    client: ServerClient, kind: str, request: DragRequest, memory: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """An ``edit`` or ``prepare`` message for ``request``, its blobs uploaded; and their hashes."""
+    parts = await asyncio.to_thread(upload_parts, request)
+    blobs = await _upload_all(client, parts)
+    header: dict[str, Any] = {"type": kind, "request": request_to_json(request, blobs)}
+    if memory is not None and "memory" in client.features:
+        header["memory"] = require_memory_plan(memory, "memory")
+    return header, blobs
+
+
+async def _run_job(
+    client: ServerClient,
+    header: dict[str, Any],
+    on_event: EventSink | None,
+    started: JobStarted | None,
+    blobs: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Submit a job, relay its events, return its ``done`` message; failures raise the local
+    engine's errors (an evicted upload of ``blobs`` is sent again next time)."""
+    try:
+        job = await client.submit(header)
+        if started is not None:
+            started(job)
+        return await job.wait(on_event, client.limits.max_pixels)
+    except (JobFailed, RemoteError) as exc:
+        if isinstance(exc, RemoteError) and exc.code == "missing_blob":
+            for digest in (blobs or {}).values():
+                client.forget_upload(digest)  # evicted there: the next try uploads again
+        raise_for(exc)
+        raise
+
+
+async def remote_prepare(
+    client: ServerClient,
+    request: DragRequest,
+    on_event: EventSink | None = None,
+    *,
+    started: JobStarted | None = None,
+    memory: str | None = None,
+) -> dict[str, Any]:
+    """Prepare ``request``'s photo on the server (feature ``prepare``): its engine trains or
+    reuses the LoRA, inverts and records the reference, so this connection's edit of the same
+    inputs starts at the optimisation. Points are not needed. It runs only while nothing else
+    waits there and is cancelled by any other job but that edit. Returns what was done:
+    ``{"prepared", "lora" (its source), "reference"}``; failures raise as :func:`remote_edit`.
+    """
+    if "prepare" not in client.features:
+        raise InvalidRequest("this server does not prepare photos in the background")
+    request.validate(require_pairs=False)
+    header, blobs = await _request_header(client, "prepare", request, memory)
+    done = await _run_job(client, header, on_event, started, blobs)
+    return {
+        "prepared": require_bool(done.get("prepared"), "done.prepared"),
+        "lora": require_str(done.get("lora"), "done.lora", 20),
+        "reference": require_bool(done.get("reference"), "done.reference"),
+    }
+
+
 async def remote_edit(
     client: ServerClient,
     request: DragRequest,
@@ -355,27 +417,17 @@ async def remote_edit(
     ConnectionLost; the caller's document is never touched by any of it.
     """
     request.validate()
-    parts = await asyncio.to_thread(upload_parts, request)
-    blobs = await _upload_all(client, parts)
-    header: dict[str, Any] = {"type": "edit", "request": request_to_json(request, blobs)}
+    header, blobs = await _request_header(client, "edit", request, memory)
     if retrain_lora:
         header["retrain_lora"] = True
-    if memory is not None and "memory" in client.features:
-        header["memory"] = require_memory_plan(memory, "memory")
     if lora_file is not None:
         header["lora"] = await client.upload("lora", lora_file)
+    done = await _run_job(client, header, on_event, started, blobs)
     try:
-        job = await client.submit(header)
-        if started is not None:
-            started(job)
-        done = await job.wait(on_event, client.limits.max_pixels)
         result = require_sha(done.get("result"), "done.result")
         trace = trace_from_json(done.get("trace"))
         png = await client.fetch("result", result)
-    except (JobFailed, RemoteError) as exc:
-        if isinstance(exc, RemoteError) and exc.code == "missing_blob":
-            for digest in blobs.values():
-                client.forget_upload(digest)  # evicted there: the next try uploads again
+    except RemoteError as exc:
         raise_for(exc)
         raise
     image = await asyncio.to_thread(decode_png, png, "the result", max_pixels=2**31)
@@ -397,14 +449,11 @@ async def remote_generate(
 
     generation.validate(with_trajectory=False)
     header = {"type": "generate", "generation": generation_to_json(generation), "model": model}
+    done = await _run_job(client, header, on_event, started)
     try:
-        job = await client.submit(header)
-        if started is not None:
-            started(job)
-        done = await job.wait(on_event, client.limits.max_pixels)
         png = await client.fetch("result", require_sha(done.get("result"), "done.result"))
         raw = await client.fetch("latents", require_sha(done.get("latents"), "done.latents"))
-    except (JobFailed, RemoteError) as exc:
+    except RemoteError as exc:
         raise_for(exc)
         raise
     image = await asyncio.to_thread(decode_png, png, "the result", max_pixels=2**31)

@@ -160,8 +160,10 @@ def upload_parts(request: DragRequest) -> dict[str, tuple[str, bytes]]:
     return parts
 
 
-def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
-    """A validated request; raises ProtocolError (malformed) or InvalidRequest (out of range)."""
+def request_from_json(value: Any, lookup: BlobLookup, *, require_pairs: bool = True) -> DragRequest:
+    """A validated request; raises ProtocolError (malformed) or InvalidRequest (out of range).
+
+    ``require_pairs=False`` for a preparation, which needs no points."""
     obj = require_obj(value, "request")
     require_keys(obj, "request", _REQUEST_REQUIRED, _REQUEST_OPTIONAL)
     image = lookup("image", require_sha(obj["image"], "request.image"))
@@ -199,7 +201,7 @@ def request_from_json(value: Any, lookup: BlobLookup) -> DragRequest:
         gooddrag=_strict_params(GoodDragParams, obj.get("gooddrag", {}), "request.gooddrag"),
         speed=require_str(obj.get("speed", "paper"), "request.speed", 32),
     )
-    request.validate()
+    request.validate(require_pairs=require_pairs)
     return request
 
 

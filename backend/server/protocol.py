@@ -20,14 +20,19 @@ from backend.settings import MEMORY_PLANS
 PROTOCOL_VERSION = 1
 """Bumped on any incompatible change; a client and server of different versions refuse."""
 PATH = "/v1"
-FEATURES: tuple[str, ...] = ("memory",)
-"""Optional fields added to protocol 1 after its first release. Headers are strict (a server
-refuses fields it does not know), so the welcome lists what this server accepts and a client
-sends such a field only to a server that names it; older clients never send them. Compatible
+FEATURES: tuple[str, ...] = ("memory", "prepare")
+"""Optional fields and messages added to protocol 1 after its first release. Headers are strict
+(a server refuses fields and types it does not know), so the welcome lists what this server
+accepts and a client sends such a field or message only to a server that names it; older clients
+never send them. Compatible
 additions go here; anything else bumps ``PROTOCOL_VERSION``.
 
 ``memory``: an ``edit`` may carry ``"memory": "auto"|"high"|"8gb"|"6gb"``, the memory plan the
-server's engine runs it with (``backend/memory.py``; absent: ``auto``)."""
+server's engine runs it with (``backend/memory.py``; absent: ``auto``).
+
+``prepare``: a ``prepare`` message (a request as in ``edit``, points optional, and ``memory``)
+trains the LoRA and inverts the photo in the background at the lowest priority, so the session's
+Drag of the same inputs starts at the optimisation (``docs/server.md``, "Scheduling")."""
 DEFAULT_PORT = 8765
 MAX_HEADER_BYTES = 1 * 2**20
 """A JSON header or control message (requests carry hashes, never pixels)."""

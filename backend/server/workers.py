@@ -1,7 +1,10 @@
 """Engine workers: one engine per device, each on its own thread, each draining its own queue.
 
 The engine is created on its thread (torch is imported there, late). A job reports through
-callbacks the server schedules onto its event loop; the worker never touches a socket.
+callbacks the server schedules onto its event loop; the worker never touches a socket. A
+preparation is background work: it runs only when nothing else waits, and any job that arrives
+while it runs cancels it, except its own session's edit of the same inputs, which waits for it
+and then starts at the optimisation.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class Job:
-    """One client's edit or generation, from submission to its last message."""
+    """One client's edit, generation or preparation, from submission to its last message."""
 
     owner: Any
     """The session that submitted it; the only one that may see or cancel it."""
-    kind: str  # "edit" or "generate"
+    kind: str  # "edit", "generate" or "prepare"
     model: str
     """The allow-listed name the client asked for."""
     spec: str
@@ -44,6 +47,9 @@ class Job:
     """A project's bundled LoRA, adopted into the cache when it fits the request."""
     memory: str = "auto"
     """The memory plan setting the client chose (``auto`` when it sent none)."""
+    key: str | None = None
+    """The preparation key (:func:`backend.preparation.preparation_key`, of the client's
+    request) of a preparation, or of an edit that may continue one; None otherwise."""
     id: int = field(default_factory=lambda: next(_ids))
     token: CancelToken = field(default_factory=CancelToken)
     state: str = "queued"  # queued, running, done, failed, cancelled
@@ -52,6 +58,16 @@ class Job:
         lambda _j, _r, _f: None
     )
     """``on_end(job, outcome, failure)``, called on the engine thread exactly once."""
+
+    def continues(self, preparation: Job) -> bool:
+        """Whether this job waits for the running ``preparation`` rather than cancel it: its
+        own session's edit of the same inputs, which then reuses what it filled."""
+        return (
+            self.kind == "edit"
+            and self.owner is preparation.owner
+            and self.key is not None
+            and self.key == preparation.key
+        )
 
 
 def classify(exc: BaseException) -> dict[str, str]:
@@ -81,10 +97,29 @@ class EngineWorker:
         self.current: Job | None = None
         self.engine: Any = None
         self.done = 0
+        self._lock = threading.Lock()
+        """Orders taking a job against submitting one, so a preparation that starts just as
+        an edit arrives is still cancelled for it."""
         self._thread = threading.Thread(target=self._loop, name=f"engine-{device}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``: a preparation behind every other job, others fairly. A preparation
+        that runs now is cancelled unless ``job`` continues it (it never delays a user)."""
+        with self._lock:
+            self.queue.put(job, background=job.kind == "prepare")
+            self._preempt()
+
+    def _preempt(self) -> None:
+        """Cancel the running preparation if a job that does not continue it waits (holding
+        the lock)."""
+        current = self.current
+        if current is None or current.kind != "prepare":
+            return
+        if any(not job.continues(current) for job in self.queue.waiting()):
+            current.token.cancel()
 
     def stop(self, timeout: float = 30.0) -> list[Job]:
         """Cancel the running job, stop taking more; return the jobs that never ran."""
@@ -107,7 +142,9 @@ class EngineWorker:
             job = self.queue.get()
             if job is None:
                 return
-            self.current = job
+            with self._lock:
+                self.current = job
+                self._preempt()
             try:
                 self._run(job)
             finally:
@@ -122,7 +159,8 @@ class EngineWorker:
             job.state = "running"
             if self.engine is None:
                 self.engine = self._make_engine()
-            outcome = self._edit(job) if job.kind == "edit" else self._generate(job)
+            run = {"edit": self._edit, "generate": self._generate, "prepare": self._prepare}
+            outcome = run[job.kind](job)
         except BaseException as exc:
             failure = classify(exc)
             if failure["kind"] != "cancelled":
@@ -175,6 +213,20 @@ class EngineWorker:
         state, params, _ = lora_from_bytes(data)
         if params == request.lora:
             cache_lora(engine.lora_cache, key, state, params)
+
+    def _prepare(self, job: Job) -> dict[str, Any]:
+        """Load, train or reuse the LoRA, invert and record: the caches the edit of the same key
+        fills (``Engine.prepare``). The outcome says what was done; it carries no image."""
+        assert job.request is not None
+        self.engine.use_memory_setting(job.memory)
+        request = replace(job.request, model=job.spec)
+        done = self.engine.prepare(request, self._emit(job), job.token)
+        lora = done.get("lora")
+        return {
+            "prepared": bool(done.get("prepared")),
+            "lora": getattr(lora, "source", "none"),
+            "reference": bool(done.get("reference", False)),
+        }
 
     def _generate(self, job: Job) -> dict[str, Any]:
         from backend.imagefile import png_bytes
