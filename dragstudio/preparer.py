@@ -5,7 +5,8 @@ starts; when it fires and the engine is idle, :meth:`EngineHost.prepare` trains 
 inverts the photo and records the reference rows' attention on the engine thread. Photos only
 glanced at never get that far. Switching or closing the photo cancels the preparation (the
 engine stops within one step); a Drag of the same inputs waits for it instead of starting over.
-The status bar shows it quietly.
+The status bar shows it quietly. On a server the preparation runs there (``RemoteEngineHost``),
+where the server lists the feature.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -22,7 +24,10 @@ from backend.events import Event, Stage, StageStarted, StepProgress
 from backend.preparation import RECORDING_REFERENCE, preparation_key
 from backend.request import DragRequest
 from dragstudio.drag_readiness import hub_model_cached, looks_like_hub_id
-from dragstudio.runner import EngineHost, Outcome
+from dragstudio.runner import EngineHost, Outcome, PreparationSlot
+
+if TYPE_CHECKING:
+    from dragstudio.remote import RemoteEngineHost
 
 DEBOUNCE_MS = 1500
 """How long the inputs must stay unchanged before preparing (a glance costs nothing)."""
@@ -46,7 +51,7 @@ class Preparer(QObject):
     def __init__(
         self,
         document: Document,
-        host: EngineHost,
+        host: EngineHost | RemoteEngineHost,
         build_request: Callable[[], DragRequest],
         *,
         enabled: bool = True,
@@ -76,7 +81,7 @@ class Preparer(QObject):
         else:
             self.cancel()
 
-    def set_host(self, host: EngineHost) -> None:
+    def set_host(self, host: EngineHost | RemoteEngineHost) -> None:
         """The engine moved (this computer ↔ a server): stop preparing on the old one."""
         self.cancel()
         self.host = host
@@ -85,8 +90,9 @@ class Preparer(QObject):
 
     @property
     def supported(self) -> bool:
-        """Hosts without background preparation (a remote engine, for now) are left alone."""
-        return hasattr(self.host, "prepare")
+        """Hosts without background preparation (a server without the feature) are left
+        alone."""
+        return isinstance(self.host, PreparationSlot) and self.host.supports_preparation
 
     def schedule(self) -> None:
         """(Re)start the debounce; preparation begins when the inputs have settled."""
@@ -125,7 +131,8 @@ class Preparer(QObject):
         request, key = current
         if key in (self.done_key, self.host.preparing):
             return None
-        if looks_like_hub_id(request.model) and not hub_model_cached(request.model):
+        local = isinstance(self.host, EngineHost)  # a server's models are the server's business
+        if local and looks_like_hub_id(request.model) and not hub_model_cached(request.model):
             # Never downloads: a model not yet on this computer waits for Drag, which asks.
             self.statusChanged.emit("")
             return None
@@ -137,7 +144,10 @@ class Preparer(QObject):
         self.statusChanged.emit("Preparing…")
         self.started.emit()
         outcome = await self.host.prepare(request, self._on_event)
-        if outcome.ok:
+        if outcome.ok and not self.supported:  # a server that turned out not to prepare
+            self.statusChanged.emit("")
+            self.interrupted.emit()
+        elif outcome.ok:
             self.done_key = key
             self.statusChanged.emit("Ready to drag")
             self.prepared.emit(key)

@@ -5,7 +5,9 @@ Qt-free, like the local host, so the GUI's drag controller and generate panel ru
 against either. Jobs are coroutines on the GUI's event loop (network I/O never blocks it; PNG
 coding runs in worker threads). Cancelling resolves the awaiting coroutine at once and tells the
 server; a lost connection ends the job with a clear message and the next job reconnects. The
-document is never touched by a remote job, exactly as with the local one.
+document is never touched by a remote job, exactly as with the local one. Background preparation
+runs on the server (feature ``prepare``), which also cancels it for any other job but this
+session's Drag of the same inputs; that Drag waits for it there and shows its progress here.
 """
 
 from __future__ import annotations
@@ -20,10 +22,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from backend.cancel import CancelToken
 from backend.errors import InvalidRequest
 from backend.events import Event
+from backend.preparation import preparation_key
 from backend.request import DragRequest
-from dragstudio.runner import BusyNotifier, Failure, Listener, Outcome, describe_failure
+from dragstudio.runner import (
+    CANCELLED,
+    BusyNotifier,
+    Failure,
+    Listener,
+    Outcome,
+    Preparation,
+    PreparationSlot,
+    describe_failure,
+)
 
 StatusListener = Callable[[str, str], None]
 """``(state, text)``: state is "connected", "offline" or "error"."""
@@ -72,7 +85,28 @@ def describe_remote_failure(exc: BaseException) -> Failure:
     return failure
 
 
-class RemoteEngineHost(BusyNotifier):
+class _NotifyingToken(CancelToken):
+    """A cancel token that also runs callbacks (on the loop's thread) when it is cancelled: a
+    remote preparation tells the server and stops waiting at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        if self.cancelled:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            super().cancel()
+            for callback in self._callbacks:
+                callback()
+
+
+class RemoteEngineHost(BusyNotifier, PreparationSlot):
     """Same surface as :class:`~dragstudio.runner.EngineHost`; jobs run on a server."""
 
     def __init__(
@@ -102,6 +136,7 @@ class RemoteEngineHost(BusyNotifier):
         self._connecting: asyncio.Lock | None = None
         self._ids = itertools.count(1)
         self._current: tuple[int, asyncio.Event, dict[str, Any]] | None = None
+        self._preparation: Preparation | None = None
         self._running = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="remote-call")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -125,6 +160,12 @@ class RemoteEngineHost(BusyNotifier):
     def models(self) -> list[str]:
         return self._client.models if self._client is not None else []
 
+    @property
+    def supports_preparation(self) -> bool:
+        """Unknown before the first connection (a preparation then connects and finds out);
+        False once connected to a server that does not list the ``prepare`` feature."""
+        return self._client is None or "prepare" in self._client.features
+
     def _set_status(self, state: str, text: str) -> None:
         self.status = (state, text)
         if self.status_listener is not None:
@@ -147,7 +188,11 @@ class RemoteEngineHost(BusyNotifier):
             with contextlib.suppress(Exception):
                 await client.cancel(job)
 
-        self._spawn(send())
+        coro = send()
+        try:
+            self._spawn(coro)
+        except RuntimeError:  # no event loop any more (exit): closing the connection cancels it
+            coro.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -155,6 +200,7 @@ class RemoteEngineHost(BusyNotifier):
         task.add_done_callback(self._tasks.discard)
 
     def shutdown(self) -> None:
+        self.cancel_preparation()
         self.cancel()
         client, self._client = self._client, None
         if client is not None:
@@ -167,6 +213,7 @@ class RemoteEngineHost(BusyNotifier):
 
         With a ``timeout`` it does not wait for that thread (as :meth:`EngineHost.wait_closed`
         gives up then); True when nothing was left running."""
+        self.cancel_preparation()
         self.cancel()
         if timeout is None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -220,7 +267,36 @@ class RemoteEngineHost(BusyNotifier):
             data = await self._keep_lora(client, result.trace)
             return result if data is None else replace(result, lora_file=data)
 
-        return await self._submit(work, listener)
+        # The server lets this Drag wait for its preparation of the same inputs.
+        continues = None if retrain_lora else preparation_key(request)
+        return await self._submit(work, listener, continues=continues)
+
+    async def prepare(
+        self, request: DragRequest, listener: Callable[[Event], None] | None = None
+    ) -> Outcome:
+        """As :meth:`EngineHost.prepare`, on the server: the LoRA, the inversion and the
+        reference recording go into its engine's caches for this session's next Drag.
+
+        One runs at a time (the same key joins it, another supersedes it); it is never the
+        current job (:attr:`busy` stays False). The server runs it only while no one else's job
+        waits and cancels it for any job but this session's Drag of the same key. A server
+        without the feature prepares nothing (value ``{"prepared": False}``)."""
+        from backend.server.client import remote_prepare
+
+        async def work(client: Any, emit: Callable[[Event], None], started: Any) -> Any:
+            if "prepare" not in client.features:
+                return {"prepared": False, "reason": "this server does not prepare photos"}
+            return await remote_prepare(client, request, emit, started=started,
+                                        memory=self.memory)  # fmt: skip
+
+        async def run(prep: Preparation) -> Outcome:
+            stopped = asyncio.Event()
+            remote: dict[str, Any] = {}
+            assert isinstance(prep.token, _NotifyingToken)
+            prep.token.on_cancel(lambda: (stopped.set(), self._cancel_remote(remote)))
+            return await self._until_stopped(prep.job_id, work, prep.deliver, stopped, remote)
+
+        return await self._prepare_once(request, listener, _NotifyingToken, run)
 
     async def _keep_lora(self, client: Any, trace: Any) -> bytes | None:
         """The server's LoRA for ``trace`` (None if it has none or the download failed), also
@@ -265,7 +341,7 @@ class RemoteEngineHost(BusyNotifier):
             self.loaded_model = spec
             return 0.0
 
-        return await self._submit(work, None)
+        return await self._submit(work, None, uses_server=False)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Outcome:
         """Run ``fn`` on a local worker thread (e.g. writing a file), never on the GUI's."""
@@ -277,7 +353,17 @@ class RemoteEngineHost(BusyNotifier):
             return Outcome(0, failure=describe_failure(exc), seconds=time.perf_counter() - start)
         return Outcome(0, value, seconds=time.perf_counter() - start)
 
-    async def _submit(self, work: Work, listener: Listener | None) -> Outcome:
+    async def _submit(
+        self,
+        work: Work,
+        listener: Listener | None,
+        *,
+        continues: str | None = None,
+        uses_server: bool = True,
+    ) -> Outcome:
+        """Run ``work`` as the current job. ``continues``: the key of the preparation this job
+        builds on (the server lets it wait; here it shows its progress); any other job that
+        reaches the server cancels the preparation."""
         if self._current is not None:
             self.cancel()  # a new job supersedes the current one, as on the local host
         job_id = next(self._ids)
@@ -291,6 +377,27 @@ class RemoteEngineHost(BusyNotifier):
         def deliver(event: Event) -> None:
             if listener is not None and self.current_job == job_id and not stopped.is_set():
                 listener(job_id, event)
+
+        own = deliver
+        if uses_server:
+            own = self._continue_or_cancel_preparation(continues, listener, deliver)
+        try:
+            return await self._until_stopped(job_id, work, own, stopped, remote)
+        finally:
+            if self.current_job == job_id:
+                self._current = None
+                self._notify_busy(False)  # a job ended: what depends on busy is recomputed
+
+    async def _until_stopped(
+        self,
+        job_id: int,
+        work: Work,
+        deliver: Callable[[Event], None],
+        stopped: asyncio.Event,
+        remote: dict[str, Any],
+    ) -> Outcome:
+        """Run ``work`` against the connected client until it ends or ``stopped`` is set (then
+        it is cancelled on the server, ``remote["job"]`` once known, and ends here at once)."""
 
         def started(job: Any) -> None:
             remote["job"] = job.id
@@ -321,13 +428,10 @@ class RemoteEngineHost(BusyNotifier):
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            if self.current_job == job_id:
-                self._current = None
-                self._notify_busy(False)  # a job ended: what depends on busy is recomputed
         if not task.done() or stopped.is_set():
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            return Outcome(job_id, failure=Failure("Cancelled.", cancelled=True))
+            return Outcome(job_id, failure=CANCELLED)
         value, failure, seconds = task.result()
         return Outcome(job_id, value, failure, seconds)
 

@@ -1,5 +1,6 @@
 """Background preparation in the real window with the tiny model: after the photo has been open
-a moment, Drag skips LoRA and inversion; switching photos cancels a running preparation."""
+a moment, Drag skips LoRA and inversion, on this computer or on a server; switching photos
+cancels a running preparation."""
 
 from __future__ import annotations
 
@@ -17,18 +18,26 @@ from PySide6.QtCore import QSettings
 
 from backend.events import Stage, StageStarted, StepProgress
 from backend.request import LoraParams
+from dragstudio.remote import RemoteEngineHost
 from dragstudio.runner import EngineHost, default_engine_factory
+from tests.server_helpers import TOKEN, ThreadServer
+
+
+def window_on(qtbot: Any, tmp_path: Path, host: Any) -> Any:
+    """The window on ``host`` with background preparation on (the default), debounce short."""
+    ini = tmp_path / "on.ini"
+    ini.with_suffix(".json").write_text(json.dumps({"version": 1}))  # the default: on
+    settings = QSettings(str(ini), QSettings.Format.IniFormat)
+    w = make_window(qtbot, settings, host)
+    assert w.drag_ui.preparer.enabled and w.actions["prepare_in_background"].isChecked()
+    w.drag_ui.preparer._timer.setInterval(50)  # the debounce, shortened for the test
+    return w
 
 
 @pytest.fixture
 def prepared_window(qtbot: Any, tmp_path: Path, loop: Any) -> Any:
-    ini = tmp_path / "on.ini"
-    ini.with_suffix(".json").write_text(json.dumps({"version": 1}))  # the default: on
-    settings = QSettings(str(ini), QSettings.Format.IniFormat)
     host = EngineHost(default_engine_factory("cpu", str(tmp_path / "lora")))
-    w = make_window(qtbot, settings, host)
-    assert w.drag_ui.preparer.enabled and w.actions["prepare_in_background"].isChecked()
-    w.drag_ui.preparer._timer.setInterval(50)  # the debounce, shortened for the test
+    w = window_on(qtbot, tmp_path, host)
     yield w
     w.close()
     host.wait_closed()
@@ -52,7 +61,7 @@ def photo(path: Path, seed: int) -> Path:
     return path
 
 
-def small(w: Any, model: Path, lora_steps: int) -> None:
+def small(w: Any, model: Path | str, lora_steps: int) -> None:
     doc = w.document
     doc.set_params(
         replace(doc.params, working_width=128, inference_steps=6, drag_steps=3),
@@ -64,12 +73,31 @@ def small(w: Any, model: Path, lora_steps: int) -> None:
 def test_drag_after_preparation_skips_lora_and_inversion(
     prepared_window: Any, qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    w = prepared_window
+    prepare_then_drag(prepared_window, loop, tmp_path, tiny_model_dir)
+
+
+def test_on_a_server_the_preparation_runs_there_and_the_drag_skips_lora_and_inversion(
+    qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with ThreadServer(tiny_model_dir, tmp_path) as server:
+        host = RemoteEngineHost(server.url, TOKEN)
+        w = window_on(qtbot, tmp_path, host)
+        try:
+            assert w.drag_ui.preparer.supported  # not connected yet: a preparation finds out
+            prepare_then_drag(w, loop, tmp_path, "tiny")  # the name the server offers
+            assert w.drag_ui.preparer.supported  # connected: this server lists the feature
+            assert server.server.workers[0].done == 2  # the preparation and the Drag
+        finally:
+            w.close()
+            host.wait_closed()
+
+
+def prepare_then_drag(w: Any, loop: Any, tmp_path: Path, model: Path | str) -> None:
     preparer = w.drag_ui.preparer
     statuses: list[str] = []
     preparer.statusChanged.connect(statuses.append)
     assert w.open_path(photo(tmp_path / "a.png", 1))
-    small(w, tiny_model_dir, lora_steps=3)
+    small(w, model, lora_steps=3)
     run_until(loop, lambda: preparer.task is not None, 10)  # the debounce fired
     done = loop.run_until_complete(asyncio.wait_for(preparer.task, 240))
     assert done.ok, done.failure
