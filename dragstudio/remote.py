@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from backend.cancel import CancelToken
-from backend.errors import InvalidRequest
+from backend.errors import Cancelled, InvalidRequest
 from backend.events import Event
 from backend.preparation import preparation_key
 from backend.request import DragRequest
@@ -134,6 +134,8 @@ class RemoteEngineHost(BusyNotifier, PreparationSlot):
         self.engine_thread: int | None = None
         self._client: Any = None
         self._connecting: asyncio.Lock | None = None
+        self._sending_preparation: asyncio.Lock | None = None
+        """Held from a preparation's upload until the server has its message (see prepare)."""
         self._ids = itertools.count(1)
         self._current: tuple[int, asyncio.Event, dict[str, Any]] | None = None
         self._preparation: Preparation | None = None
@@ -283,13 +285,33 @@ class RemoteEngineHost(BusyNotifier, PreparationSlot):
         without the feature prepares nothing (value ``{"prepared": False}``)."""
         from backend.server.client import remote_prepare
 
-        async def work(client: Any, emit: Callable[[Event], None], started: Any) -> Any:
-            if "prepare" not in client.features:
-                return {"prepared": False, "reason": "this server does not prepare photos"}
-            return await remote_prepare(client, request, emit, started=started,
-                                        memory=self.memory)  # fmt: skip
-
         async def run(prep: Preparation) -> Outcome:
+            async def work(client: Any, emit: Callable[[Event], None], started: Any) -> Any:
+                if "prepare" not in client.features:
+                    return {"prepared": False, "reason": "this server does not prepare photos"}
+                # The server lets a session's newer preparation supersede its older one, in the
+                # order their messages arrive; so they are sent in the order they were asked
+                # for, one at a time, and one superseded before it was sent is not sent at all
+                # (its upload could finish after a newer one's and supersede that one there).
+                if self._sending_preparation is None:
+                    self._sending_preparation = asyncio.Lock()
+                sent = asyncio.Event()
+
+                def on_started(job: Any) -> None:
+                    sent.set()
+                    started(job)
+
+                async with self._sending_preparation:
+                    if prep.token.cancelled:
+                        raise Cancelled()
+                    job = asyncio.ensure_future(remote_prepare(
+                        client, request, emit, started=on_started, memory=self.memory
+                    ))  # fmt: skip
+                    acknowledged = asyncio.ensure_future(sent.wait())
+                    await asyncio.wait({job, acknowledged}, return_when=asyncio.FIRST_COMPLETED)
+                    acknowledged.cancel()
+                return await job
+
             stopped = asyncio.Event()
             remote: dict[str, Any] = {}
             assert isinstance(prep.token, _NotifyingToken)
