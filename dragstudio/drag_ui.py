@@ -37,6 +37,7 @@ from dragstudio.quality import Quality
 from dragstudio.runner import EngineHost, Failure
 from dragstudio.window_services import WindowFrame, WindowServices
 
+RESULT_READY = "Done. Compare, then Accept or Discard."
 PREVIEW_EVERY = 20
 """Decode a preview every 20 optimisation steps. Measured on the tiny model at working width 256
 (CPU): one preview decode costs about 0.8 of an optimisation step (0.25 s vs 0.31 s), so every
@@ -356,6 +357,8 @@ class DragUI:
             canvas.set_result(None)
             canvas.set_live_handles(None)
             self.result_bar.setVisible(False)
+            if self.progress.status.text() == RESULT_READY:
+                self.progress.status.setText("")  # accepted or discarded: nothing to compare
         else:
             canvas.set_result(pending.image)
             preview = ""
@@ -368,7 +371,7 @@ class DragUI:
                 list(pending.trace.final_distances),
                 preview,
             )
-            self.progress.status.setText("Done. Compare, then Accept or Discard.")
+            self.progress.status.setText(RESULT_READY)
         self.update_enabled()
 
     def _failed(self, failure: Failure) -> None:

@@ -412,6 +412,9 @@ def test_preview_then_render_final(w: Any, loop: Any, sample_image: Path, settin
     assert final.pairs == ScriptedEngine.requests[0].pairs
     assert not bar.final_button.isVisible() and bar.summary.text().startswith("Result ready")
     assert progress.preview_button.isChecked()  # the mode stays Preview for the next points
+    assert progress.status.text() == "Done. Compare, then Accept or Discard."
+    bar.discard_button.click()  # nothing is left to compare: the line says so no more
+    assert not bar.isVisible() and progress.status.text() == ""
 
 
 # -- quitting ----------------------------------------------------------------------------------
