@@ -19,7 +19,7 @@ from PySide6.QtCore import QObject, Signal
 
 from backend.document import Document, HistoryEntry, Pair
 from backend.errors import InvalidRequest
-from backend.events import StageFinished, StageStarted, StepProgress
+from backend.events import Stage, StageFinished, StageStarted, StepProgress
 from backend.request import DragRequest
 from backend.result import Trace
 from backend.session import history_entry
@@ -42,6 +42,9 @@ class PendingResult:
     quality: Quality = Quality.FINAL
     lora_file: bytes | None = field(default=None, repr=False)
     """The LoRA the edit used, as the engine host handed it over (None: the host gave none)."""
+    lora_watched: bool = False
+    """The job showed LoRA training steps: it continued a background preparation that was
+    still training, so its LoRA, found in memory, was trained while the user waited."""
 
     @property
     def lora_reused(self) -> bool:
@@ -55,6 +58,8 @@ class PendingResult:
             return "no LoRA needed: generated image"
         if lora.source == "none" or not lora.steps:
             return "LoRA skipped: 0 steps"
+        if lora.cached and self.lora_watched:
+            return "LoRA trained by the background preparation"
         if lora.cached:
             return "LoRA reused"
         return "LoRA trained"
@@ -191,6 +196,9 @@ class DragController(QObject):
                 outcome.seconds,
                 self.last_quality,
                 lora_file=getattr(result, "lora_file", None),
+                lora_watched=any(
+                    isinstance(e, StepProgress) and e.stage == Stage.LORA for e in self.events
+                ),
             )
             self.resultChanged.emit(self.pending)
             return outcome

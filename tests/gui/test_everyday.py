@@ -379,6 +379,8 @@ def test_result_messages_say_what_the_lora_stage_did(w: Any) -> None:
     assert pending("generated", False, 0).lora_summary == "no LoRA needed: generated image"
     assert pending("none", False, 0).lora_summary == "LoRA skipped: 0 steps"
     assert pending("memory", True, 80).lora_summary == "LoRA reused"
+    watched = replace(pending("memory", True, 80), lora_watched=True)  # joined a preparation
+    assert watched.lora_summary == "LoRA trained by the background preparation"
     assert pending("trained", False, 80).lora_summary == "LoRA trained"
     bar = w.drag_ui.result_bar
     bar.show_result(3.0, pending("generated", False, 0).lora_summary, [])
