@@ -298,8 +298,8 @@ class DragUI:
     def _show_preparation(self, what: str, event: object = None) -> None:
         """The background preparation in the stage rows, quietly: never over a job's rows (a
         Drag that continues the preparation reports its progress itself)."""
-        if self.controller.busy:
-            self._preparation_shown = False
+        if self.controller.busy or self.controller.pending is not None:
+            self._preparation_shown = False  # a job's rows, or a result to compare, stay
             return
         p = self.progress
         task = self.preparer.task
@@ -360,6 +360,7 @@ class DragUI:
             if self.progress.status.text() == RESULT_READY:
                 self.progress.status.setText("")  # accepted or discarded: nothing to compare
         else:
+            self.preparer.note_edited(pending.request)
             canvas.set_result(pending.image)
             preview = ""
             if pending.quality == Quality.PREVIEW:

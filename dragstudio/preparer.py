@@ -110,6 +110,11 @@ class Preparer(QObject):
         self.cancel()
         self._unsubscribe()
 
+    def note_edited(self, request: DragRequest) -> None:
+        """A finished edit filled the caches a preparation of its inputs would fill (LoRA,
+        inversion, reference): preparing them again would only repeat its "reusing" stages."""
+        self.done_key = preparation_key(replace(request, pairs=()))
+
     def current_key(self) -> tuple[DragRequest, str] | None:
         try:
             request = self.build_request()

@@ -207,3 +207,34 @@ def test_a_drag_during_preparation_shows_it_and_after_a_cancel_the_rows_follow_i
     assert panel.status.text() == "Preparing in the background · LoRA fine-tuning"
     preparer.cancel()
     assert panel.note(Stage.LORA) == ""
+
+
+def test_a_finished_drag_counts_as_prepared_and_its_rows_stay(
+    prepared_window: Any, qtbot: Any, loop: Any, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A Drag that ran unprepared filled the caches itself: no preparation repeats it after, and
+    nothing replaces the finished Drag's rows while its result waits for Accept or Discard."""
+    w = prepared_window
+    preparer, panel = w.drag_ui.preparer, w.drag_ui.progress
+    preparer.set_enabled(False)  # e.g. on battery: the Drag does all the work
+    assert w.open_path(photo(tmp_path / "a.png", 5))
+    small(w, tiny_model_dir, lora_steps=2)
+    for p in ((60.0, 96.0), (100.0, 96.0)):
+        click(w.canvas, w.canvas.image_to_view(p))
+    w.drag_ui.progress.drag_button.click()
+    outcome = loop.run_until_complete(asyncio.wait_for(w.drag_ui.task, 240))
+    assert outcome.ok, outcome.failure
+    rows = {stage: panel.note(stage) for stage in (Stage.LORA, Stage.DRAG, Stage.DENOISE)}
+    assert all("done in" in text for text in rows.values())
+
+    preparer.set_enabled(True)  # schedules: the debounce fires…
+    run_until(loop, lambda: not preparer._timer.isActive(), 10)
+    assert preparer.task is None and w.drag_ui.host.preparing is None  # …and finds it done
+    assert panel.status.text() == "Done. Compare, then Accept or Discard."
+    assert {stage: panel.note(stage) for stage in rows} == rows
+
+    w.document.set_prompt("a different photo")  # new inputs: prepared quietly in the status bar
+    run_until(loop, lambda: preparer.task is not None, 10)
+    assert loop.run_until_complete(asyncio.wait_for(preparer.task, 240)).ok
+    assert panel.status.text() == "Done. Compare, then Accept or Discard."  # the result stays
+    assert w.drag_ui.preparing_label.text() == "Ready to drag"
