@@ -65,9 +65,16 @@ class BarText:
         self.bar = bar
         self._text = ""
 
-    def setText(self, text: str) -> None:
+    def setText(self, text: str, short: str = "") -> None:
+        """Show ``text``, or ``short`` where ``text`` would not fit the bar (cut at both ends,
+        it lost what matters: "…using the LoRA in memory · done in 0.0 s"); the tooltip and
+        :meth:`text` always have all of it."""
         self._text = text
-        self.bar.setFormat(text.replace("%", "%%"))
+        shown = text
+        room = self.bar.contentsRect().width() - 8
+        if short and self.bar.fontMetrics().horizontalAdvance(text) > room:
+            shown = short
+        self.bar.setFormat(shown.replace("%", "%%"))
         self.bar.setToolTip(text)
 
     def text(self) -> str:
@@ -267,7 +274,7 @@ class ProgressPanel(QWidget):
         row.bar.setRange(0, 1)
         row.bar.setValue(1)
         done = f"done in {format_seconds(event.seconds)}"
-        row.note.setText(f"{row.detail} · {done}" if row.detail else done)
+        row.note.setText(f"{row.detail} · {done}" if row.detail else done, short=done)
 
     # -- background preparation (the window shows it only while no job runs) ------------------
 

@@ -293,6 +293,22 @@ def test_progress_bars_are_readable_and_busy_before_the_first_step(w: Any) -> No
     assert (bar.maximum(), bar.value()) == (80, 1)
 
 
+def test_a_finished_stage_caption_keeps_its_time_when_the_detail_does_not_fit(w: Any) -> None:
+    progress = w.drag_ui.progress
+    progress.set_running(True)
+    bar = progress.rows[Stage.INVERSION].bar
+    bar.setFixedWidth(200)
+    detail = "recording the reference rows for denoising"
+    progress.stage_started(StageStarted(Stage.INVERSION, 0, detail))
+    progress.stage_finished(StageFinished(Stage.INVERSION, 3.0))
+    assert bar.format() == "done in 3.0 s"  # not both ends cut off
+    assert bar.toolTip() == progress.note(Stage.INVERSION) == f"{detail} · done in 3.0 s"
+    bar.setFixedWidth(600)
+    progress.stage_started(StageStarted(Stage.INVERSION, 0, "reusing"))
+    progress.stage_finished(StageFinished(Stage.INVERSION, 0.0))
+    assert bar.format() == "reusing · done in 0.0 s"  # it fits: all of it
+
+
 def test_time_left_counts_only_steps_this_row_saw(w: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Drag that continues a background preparation joins its LoRA at, say, step 5 of 80:
     the time left comes from the steps seen since, not from 5 steps in no time."""
