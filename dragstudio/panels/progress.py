@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -57,25 +57,36 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
-class BarText:
+class BarText(QObject):
     """A stage's caption (steps, time left, loss), written inside its bar: one line per stage
     keeps the whole panel short enough to stay in view beside the preview."""
 
     def __init__(self, bar: QProgressBar) -> None:
+        super().__init__(bar)
         self.bar = bar
         self._text = ""
+        self._short = ""
+        bar.installEventFilter(self)  # a narrower panel may need the short caption
 
     def setText(self, text: str, short: str = "") -> None:
         """Show ``text``, or ``short`` where ``text`` would not fit the bar (cut at both ends,
         it lost what matters: "…using the LoRA in memory · done in 0.0 s"); the tooltip and
         :meth:`text` always have all of it."""
-        self._text = text
-        shown = text
-        room = self.bar.contentsRect().width() - 8
-        if short and self.bar.fontMetrics().horizontalAdvance(text) > room:
-            shown = short
-        self.bar.setFormat(shown.replace("%", "%%"))
+        self._text, self._short = text, short
         self.bar.setToolTip(text)
+        self._fit()
+
+    def _fit(self) -> None:
+        shown = self._text
+        room = self.bar.contentsRect().width() - 8
+        if self._short and self.bar.fontMetrics().horizontalAdvance(shown) > room:
+            shown = self._short
+        self.bar.setFormat(shown.replace("%", "%%"))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Resize:
+            self._fit()
+        return False
 
     def text(self) -> str:
         return self._text

@@ -303,6 +303,10 @@ def test_a_finished_stage_caption_keeps_its_time_when_the_detail_does_not_fit(w:
     progress.stage_finished(StageFinished(Stage.INVERSION, 3.0))
     assert bar.format() == "done in 3.0 s"  # not both ends cut off
     assert bar.toolTip() == progress.note(Stage.INVERSION) == f"{detail} · done in 3.0 s"
+    bar.setFixedWidth(600)  # the panel widened: all of it fits now
+    assert bar.format() == f"{detail} · done in 3.0 s"
+    bar.setFixedWidth(200)
+    assert bar.format() == "done in 3.0 s"
     bar.setFixedWidth(600)
     progress.stage_started(StageStarted(Stage.INVERSION, 0, "reusing"))
     progress.stage_finished(StageFinished(Stage.INVERSION, 0.0))
