@@ -51,6 +51,18 @@ def engine(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="module")
+def pipe():
+    """The tiny random pipeline (seed 3) with every weight frozen, as LoRA training finds it;
+    one per module, since tests attach and remove adapters on it."""
+    from backend.tiny import build_tiny_pipeline
+
+    p = build_tiny_pipeline(seed=3)
+    for m in (p.unet, p.vae, p.text_encoder):
+        m.requires_grad_(False)
+    return p
+
+
+@pytest.fixture(scope="module")
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real engine server on 127.0.0.1 with the tiny model, one per test module
     (``tests/server_helpers.py``)."""

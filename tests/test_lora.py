@@ -27,16 +27,6 @@ from backend.lora_cache import LoraCache
 from backend.request import LoraParams
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    from backend.tiny import build_tiny_pipeline
-
-    p = build_tiny_pipeline(seed=3)
-    for m in (p.unet, p.vae, p.text_encoder):
-        m.requires_grad_(False)
-    return p
-
-
 def _embed(pipe, prompt: str = "a photo") -> torch.Tensor:
     ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt")
     with torch.no_grad():

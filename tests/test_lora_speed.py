@@ -26,16 +26,6 @@ SMALL = LoraParams(steps=3, batch_size=2, resolution=128, learning_rate=2e-3)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    from backend.tiny import build_tiny_pipeline
-
-    p = build_tiny_pipeline(seed=3)
-    for m in (p.unet, p.vae, p.text_encoder):
-        m.requires_grad_(False)
-    return p
-
-
-@pytest.fixture(scope="module")
 def emb(pipe) -> torch.Tensor:
     ids = pipe.tokenizer("a photo", padding="max_length", max_length=77, return_tensors="pt")
     with torch.no_grad():
